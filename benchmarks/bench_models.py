@@ -1,0 +1,71 @@
+"""Per-image inference time of each shipped ONNX model at batch 1 and 8, their sizes, and the
+OpenCV Haar cat cascade on the same 640x480 photos, in one run.
+
+    python benchmarks/bench_models.py [--data ../shared/data] [--threads 2] [--repeats 30]
+
+Prints medians (this machine is noisy: compare ratios from one run, not across runs).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from service.pipeline import load  # noqa: E402
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data")
+    parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "models")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+
+    catface = load(args.models, args.threads)
+    paths = sorted(glob.glob(str(args.data / "crawford" / "CAT_01" / "*.jpg")))[:8]
+    photos = [Image.open(p).convert("RGB").resize((640, 480), Image.BILINEAR) for p in paths]
+
+    print(f"{'model':<14}{'input':>10}{'MB':>8}{'batch 1 ms/img':>16}{'batch 8 ms/img':>16}")
+    for name, model in catface.models.items():
+        h, w = model.input_size
+        one = np.random.default_rng(0).uniform(0, 255, (1, 3, h, w)).astype(np.float32)
+        eight = np.repeat(one, 8, 0)
+        b1 = median_ms(lambda: model.run(one), args.repeats)
+        b8 = median_ms(lambda: model.run(eight), args.repeats) / 8
+        size = (args.models / model.entry["file"]).stat().st_size / 1e6
+        print(f"{name:<14}{f'{w}x{h}':>10}{size:>8.2f}{b1:>16.2f}{b8:>16.2f}")
+
+    import cv2
+
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalcatface_extended.xml")
+    grays = [cv2.equalizeHist(np.asarray(p.convert("L"))) for p in photos]
+    haar = median_ms(lambda: [cascade.detectMultiScale(g, scaleFactor=1.1, minNeighbors=3, minSize=(24, 24)) for g in grays],
+                     max(3, args.repeats // 5)) / len(grays)
+    ours_faces = median_ms(lambda: catface.detect(photos, breeds=False), max(3, args.repeats // 5)) / len(photos)
+    ours_one = median_ms(lambda: catface.detect(photos[:1], breeds=False), args.repeats)
+    print(f"\nper 640x480 photo (median, {len(photos)} Crawford photos, {args.threads} threads):")
+    print(f"  Haar cascade (detection only)              {haar:8.2f} ms")
+    print(f"  catface + catlandmarks, one photo at a time {ours_one:8.2f} ms  ({haar / ours_one:.1f}x faster than Haar)")
+    print(f"  catface + catlandmarks, batch of 8          {ours_faces:8.2f} ms  ({haar / ours_faces:.1f}x faster than Haar)")
+
+
+if __name__ == "__main__":
+    main()

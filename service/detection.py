@@ -1,0 +1,35 @@
+"""Post-processing of the catface detector's outputs: score threshold, then non-maximum
+suppression. Shared by the server and by training's evaluation so both count the same faces."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box (4,) with many (M, 4), all as x_min, y_min, x_max, y_max."""
+    lo = np.maximum(box[:2], boxes[:, :2])
+    hi = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    area = np.prod(box[2:] - box[:2])
+    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return inter / np.maximum(area + areas - inter, 1e-12)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
+    """Greedy NMS; returns kept indices, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        best = order[0]
+        keep.append(int(best))
+        rest = order[1:]
+        order = rest[iou(boxes[best], boxes[rest]) <= iou_threshold]
+    return keep
+
+
+def select_faces(scores: np.ndarray, boxes: np.ndarray, score_threshold: float,
+                 iou_threshold: float, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image's outputs (A,) and (A, 4) -> kept (K, 4) boxes (still normalised) and scores."""
+    candidates = np.nonzero(scores >= score_threshold)[0]
+    kept = candidates[nms(boxes[candidates], scores[candidates], iou_threshold)][:max_faces]
+    return np.clip(boxes[kept], 0.0, 1.0), scores[kept]

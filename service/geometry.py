@@ -1,0 +1,25 @@
+"""Affine crops shared by the server and the training code, so both cut faces the same way."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def square_crop_matrix(box, out_size: int, scale: float) -> np.ndarray:
+    """3x3 matrix from photo pixels to crop pixels: a square of side scale x the box's longer
+    side, centred on the box, resized to out_size x out_size."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    k = out_size / (scale * max(x1 - x0, y1 - y0, 1.0))
+    return np.array([[k, 0.0, out_size / 2 - k * (x0 + x1) / 2],
+                     [0.0, k, out_size / 2 - k * (y0 + y1) / 2],
+                     [0.0, 0.0, 1.0]])
+
+
+def warp(image: Image.Image, matrix: np.ndarray, size: tuple[int, int], fill=(0, 0, 0)) -> Image.Image:
+    """Pixels of `image` moved by `matrix` (source -> output) into an image of `size`."""
+    inverse = np.linalg.inv(matrix)
+    return image.transform(size, Image.AFFINE, tuple(inverse[:2].flatten()), Image.BILINEAR, fillcolor=fill)
+
+
+def move_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    return points @ matrix[:2, :2].T + matrix[:2, 2]

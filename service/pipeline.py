@@ -1,0 +1,107 @@
+"""The cat logic: a face is found, cropped, measured and named.
+
+Stages are small functions on one photo (prepare an input, read an output) so that the same
+steps serve both ways of running the models: `CatFace.detect` runs a list of photos
+synchronously in batches (in-process use, evaluation, benchmarks), and the server runs the same
+stages through its batching engine (service.analysis).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import geometry
+from .detection import select_faces
+from .runtime import DEFAULT_MODELS_DIR, OnnxModel, load_models
+
+BREED_CROP_SCALE = 2.0  # breeds look at the head and a little of the body around the face
+
+
+@dataclass
+class Face:
+    box: np.ndarray  # x_min, y_min, x_max, y_max in photo pixels
+    score: float
+    landmarks: np.ndarray = field(default_factory=lambda: np.zeros((9, 2), np.float32))  # (9, 2) pixels
+    breeds: list[tuple[str, float]] = field(default_factory=list)
+
+    def scaled(self, sx: float, sy: float) -> "Face":
+        return Face(self.box * [sx, sy, sx, sy], self.score, self.landmarks * [sx, sy], self.breeds)
+
+
+def to_chw(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """Stretch to (height, width) and lay out as CHW float32 0..255."""
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(image, np.float32).transpose(2, 0, 1)
+
+
+class CatFace:
+    def __init__(self, models: dict[str, OnnxModel]):
+        self.models = models
+        self.detector, self.landmarker, self.classifier = models["catface"], models["catlandmarks"], models["catbreeds"]
+        post = self.detector.entry["postprocess"]
+        self.score_threshold, self.iou_threshold, self.max_faces = post["score_threshold"], post["iou_threshold"], post["max_faces"]
+        self.crop_scale = self.landmarker.entry["inputs"][0]["crop"]["scale"]
+        self.breed_labels = self.classifier.entry["labels"]
+        self.breed_threshold = self.classifier.entry["report_threshold"]
+
+    # ---- stages ------------------------------------------------------------------------------
+    def detector_input(self, image: Image.Image) -> np.ndarray:
+        return to_chw(image, self.detector.input_size)
+
+    def faces_from(self, scores: np.ndarray, boxes: np.ndarray, image: Image.Image) -> list[Face]:
+        kept, kept_scores = select_faces(scores, boxes, self.score_threshold, self.iou_threshold, self.max_faces)
+        w, h = image.size
+        return [Face((b * [w, h, w, h]).astype(np.float32), float(s)) for b, s in zip(kept, kept_scores)]
+
+    def landmark_input(self, image: Image.Image, face: Face) -> tuple[np.ndarray, np.ndarray]:
+        size = self.landmarker.input_size
+        matrix = geometry.square_crop_matrix(face.box, size[0], self.crop_scale)
+        return to_chw(geometry.warp(image, matrix, (size[1], size[0])), size), matrix
+
+    def landmarks_from(self, output: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        crop_points = output.reshape(9, 2) * [self.landmarker.input_size[1], self.landmarker.input_size[0]]
+        return geometry.move_points(crop_points, np.linalg.inv(matrix)).astype(np.float32)
+
+    def breed_input(self, image: Image.Image, face: Face | None = None) -> np.ndarray:
+        if face is None:
+            return to_chw(image, self.classifier.input_size)
+        size = self.classifier.input_size
+        matrix = geometry.square_crop_matrix(face.box, size[0], BREED_CROP_SCALE)
+        return to_chw(geometry.warp(image, matrix, (size[1], size[0])), size)
+
+    def breeds_from(self, probabilities: np.ndarray) -> list[tuple[str, float]]:
+        order = np.argsort(-probabilities, kind="stable")
+        return [(self.breed_labels[i], float(probabilities[i])) for i in order if probabilities[i] >= self.breed_threshold]
+
+    # ---- synchronous batch API ---------------------------------------------------------------
+    def detect(self, images: list[Image.Image], breeds: bool = True) -> list[list[Face]]:
+        """Every cat face in each RGB photo, best first, with landmarks and (optionally) breeds."""
+        if not images:
+            return []
+        scores, boxes = self.detector.run(np.stack([self.detector_input(im) for im in images]))
+        found = [self.faces_from(s, b, im) for s, b, im in zip(scores, boxes, images)]
+        pairs = [(im, face) for im, faces in zip(images, found) for face in faces]
+        if pairs:
+            crops = [self.landmark_input(im, face) for im, face in pairs]
+            (points,) = self.landmarker.run(np.stack([c for c, _ in crops]))
+            for (_, face), (_, matrix), out in zip(pairs, crops, points):
+                face.landmarks = self.landmarks_from(out, matrix)
+            if breeds:
+                (probs,) = self.classifier.run(np.stack([self.breed_input(im, face) for im, face in pairs]))
+                for (_, face), p in zip(pairs, probs):
+                    face.breeds = self.breeds_from(p)
+        return found
+
+    def classify(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """Breed probabilities of each whole photo, in label order."""
+        (probs,) = self.classifier.run(np.stack([self.breed_input(im) for im in images]))
+        return list(probs)
+
+
+def load(models_dir: Path = DEFAULT_MODELS_DIR, threads: int | None = None) -> CatFace:
+    """The Python API: `load(models_dir).detect([PIL RGB images])` -> faces per photo."""
+    return CatFace(load_models(models_dir, threads))

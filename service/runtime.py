@@ -1,0 +1,73 @@
+"""onnxruntime sessions, created once from models/manifest.json after checking each file's
+sha256, so a missing or corrupted model stops start-up instead of serving nonsense."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing, altered, or does not match the manifest."""
+
+
+def read_manifest(models_dir: Path) -> dict:
+    path = Path(models_dir) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"cannot read the model manifest {path}: {exc}") from exc
+
+
+def verified_path(models_dir: Path, entry: dict) -> Path:
+    path = Path(models_dir) / entry["file"]
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"model file {path} is missing or unreadable: {exc}") from exc
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != entry["sha256"] or len(blob) != entry["bytes"]:
+        raise ModelFileError(f"model file {path} does not match the manifest "
+                             f"(sha256 {digest[:12]}..., expected {entry['sha256'][:12]}...): corrupted or replaced")
+    return path
+
+
+class OnnxModel:
+    """One ONNX graph: raw RGB NCHW float32 in, the manifest's named outputs out."""
+
+    def __init__(self, entry: dict, path: Path, threads: int | None = None):
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.entry = entry
+        self.name = entry["name"]
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_size = tuple(entry["inputs"][0]["shape"][2:4])  # (height, width)
+        self.output_names = [o["name"] for o in entry["outputs"]]
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, np.float32)})
+
+    def warm_up(self) -> None:
+        self.run(np.zeros((1, 3, *self.input_size), np.float32))
+
+
+def load_models(models_dir: Path = DEFAULT_MODELS_DIR, threads: int | None = None) -> dict[str, OnnxModel]:
+    """All ONNX models of the manifest by name, each checked and warmed up once."""
+    manifest = read_manifest(models_dir)
+    models = {}
+    for entry in manifest["models"]:
+        if entry["format"] == "onnx":
+            models[entry["name"]] = OnnxModel(entry, verified_path(models_dir, entry), threads)
+            models[entry["name"]].warm_up()
+    missing = {"catface", "catlandmarks", "catbreeds"} - models.keys()
+    if missing:
+        raise ModelFileError(f"the manifest in {models_dir} lacks the models {sorted(missing)}")
+    return models

@@ -1,0 +1,137 @@
+"""Export trained checkpoints to ONNX in models/ and write their entries in models/manifest.json.
+
+    python -m training.export --runs runs --out models
+
+Each graph takes raw RGB 0..255, NCHW float32, batch dimension dynamic; normalisation and
+box decoding are inside the graph. The manifest is the one place that tells the server and the
+iOS app how to feed each model and read its outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data
+from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
+from .train_detector import IOU_THRESHOLD, SCORE_THRESHOLD
+from .train_landmarks import CROP_SCALE
+
+VERSION = "1.0.0"
+OPSET = 17
+PIXELS = {"name": "image", "layout": "NCHW", "dtype": "float32", "color": "RGB",
+          "range": "0..255 (normalisation is inside the graph)"}
+
+
+def file_facts(path: Path) -> dict:
+    blob = path.read_bytes()
+    return {"file": path.name, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+
+
+def load_checkpoint(kind, path: Path):
+    state = torch.load(path, map_location="cpu")
+    model = kind(EfficientNetLite0(), state["input"]) if kind is not CatBreedClassifier else kind(EfficientNetLite0())
+    model.load_state_dict(state["model"])
+    return model.eval(), state["input"]
+
+
+def export_onnx(model: torch.nn.Module, size: int, outputs: list[str], path: Path) -> None:
+    example = torch.rand(2, 3, size, size) * 255
+    torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=outputs,
+                      dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+                      opset_version=OPSET, dynamo=False)
+    import onnxruntime as ort  # check the graph computes what torch computes
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": example.numpy()})
+    with torch.no_grad():
+        want = model(example)
+    want = want if isinstance(want, tuple) else (want,)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=1e-3)
+
+
+def detector_entry(size: int, grid: int) -> dict:
+    return {
+        "name": "catface", "format": "onnx", "version": VERSION, "task": "cat face detection",
+        "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],
+                    "resize": f"the whole photo stretched to {size}x{size} (aspect ratio not kept)"}],
+        "outputs": [
+            {"name": "scores", "shape": ["batch", grid * grid], "meaning": "face probability per anchor"},
+            {"name": "boxes", "shape": ["batch", grid * grid, 4],
+             "meaning": "x_min, y_min, x_max, y_max per anchor, normalised to the input (0..1), already decoded"},
+        ],
+        "anchors": {"kind": "grid", "stride": CatFaceDetector.STRIDE, "grid": [grid, grid], "order": "row-major",
+                    "centre": f"((col + 0.5) / {grid}, (row + 0.5) / {grid})",
+                    "decoding": "box = centre -/+ exp(ltrb) * stride / input, done inside the graph"},
+        "postprocess": {"score_threshold": SCORE_THRESHOLD, "iou_threshold": IOU_THRESHOLD, "max_faces": 20,
+                        "method": "greedy NMS over boxes with score >= threshold; multiply by the photo's width/height"},
+        "box_convention": "the tight box around the 9 Crawford landmarks (ears included), clamped to the image",
+        "labels": ["cat"],
+    }
+
+
+def landmarks_entry(size: int) -> dict:
+    return {
+        "name": "catlandmarks", "format": "onnx", "version": VERSION, "task": "9 cat face landmarks",
+        "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],
+                    "crop": {"scale": CROP_SCALE, "rule": f"a square of side {CROP_SCALE} x the longer side of the face box, "
+                             f"centred on the box, resized to {size}x{size}; outside the photo is black"}}],
+        "outputs": [{"name": "landmarks", "shape": ["batch", 18],
+                     "meaning": "x0, y0, ..., x8, y8 normalised to the crop (0..1), in landmark_names order"}],
+        "landmark_names": data.LANDMARK_NAMES,
+    }
+
+
+def breeds_entry(size: int) -> dict:
+    return {
+        "name": "catbreeds", "format": "onnx", "version": VERSION, "task": "cat breed classification",
+        "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],
+                    "resize": f"the photo (or a face crop) stretched to {size}x{size}"}],
+        "outputs": [{"name": "probabilities", "shape": ["batch", len(data.BREEDS)], "meaning": "softmax over labels"}],
+        "labels": data.BREEDS,
+        "report_threshold": 0.05,
+    }
+
+
+def update_manifest(out: Path, entries: list[dict]) -> None:
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {"models": []}
+    files = {e["file"] for e in entries}
+    manifest["models"] = [m for m in manifest["models"] if m["file"] not in files] + entries
+    manifest["models"].sort(key=lambda m: (m["name"], m["format"]))
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--out", type=Path, default=Path("models"))
+    parser.add_argument("--only", nargs="*", default=["catface", "catlandmarks", "catbreeds"])
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    entries = []
+    if "catface" in args.only:
+        model, size = load_checkpoint(CatFaceDetector, args.runs / "detector" / "checkpoint.pt")
+        export_onnx(model, size, ["scores", "boxes"], args.out / "catface.onnx")
+        entries.append({**detector_entry(size, size // model.STRIDE), **file_facts(args.out / "catface.onnx")})
+    if "catlandmarks" in args.only:
+        model, size = load_checkpoint(CatLandmarker, args.runs / "landmarks" / "checkpoint.pt")
+        export_onnx(model, size, ["landmarks"], args.out / "catlandmarks.onnx")
+        entries.append({**landmarks_entry(size), **file_facts(args.out / "catlandmarks.onnx")})
+    if "catbreeds" in args.only:
+        model, size = load_checkpoint(CatBreedClassifier, args.runs / "breeds" / "checkpoint.pt")
+        export_onnx(model, size, ["probabilities"], args.out / "catbreeds.onnx")
+        entries.append({**breeds_entry(size), **file_facts(args.out / "catbreeds.onnx")})
+    update_manifest(args.out, entries)
+    for e in entries:
+        print(f"{e['file']}: {e['bytes'] / 1e6:.2f} MB sha256 {e['sha256'][:12]}")
+
+
+if __name__ == "__main__":
+    main()

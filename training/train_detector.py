@@ -1,0 +1,269 @@
+"""Train catface, the single-shot cat face detector.
+
+    python -m training.train_detector --data ../shared/data --out runs/detector
+
+Training images are made on the fly: single photos (zoomed, rotated, flipped, recoloured) and
+2x2 mosaics of cat and dog photos, so the net sees 0..4 faces per image at many sizes. Boxes
+are always re-derived from the moved landmarks (our box convention), never from warped boxes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import data
+from .augment import affine, jitter_colour, move_points, to_chw, warp
+from .nets import CatFaceDetector, freeze, pretrained_backbone
+
+# ---- config -------------------------------------------------------------------------------
+INPUT = 192
+BATCH = 32
+STEPS_PER_EPOCH = 40
+EPOCHS = 30
+LR_HEAD, LR_BACKBONE = 2e-3, 5e-4
+FROZEN_BLOCKS = 3  # stem and blocks 0-2 (stride <= 4) keep their ImageNet weights
+MOSAIC_P = 0.5
+DOG_P = 0.3  # chance that a single photo or a mosaic tile is a dog photo
+CACHE_SIDE = 320  # photos are kept in memory at this longer side
+SCORE_THRESHOLD, IOU_THRESHOLD = 0.5, 0.4
+
+
+def load_small(path: Path, side: int = CACHE_SIDE) -> tuple[Image.Image, float]:
+    image = Image.open(path).convert("RGB")
+    scale = min(1.0, side / max(image.size))
+    if scale < 1.0:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+    return image, scale
+
+
+class Sources:
+    """Training photos held in memory: cats with landmarks, and dogs (no cat face)."""
+
+    def __init__(self, cats: list[data.CatPhoto], dogs: list[Path]):
+        self.cats = []
+        for photo in cats:
+            image, s = load_small(photo.path)
+            self.cats.append((image, [p * s for p in photo.landmarks]))
+        self.dogs = [(load_small(p)[0], []) for p in dogs]
+
+    def pick(self, rng, dog_p=DOG_P):
+        pool = self.dogs if rng.random() < dog_p else self.cats
+        return pool[rng.integers(len(pool))]
+
+
+def place(image, landmarks, rng, cell, canvas, matrix_extra=None):
+    """Warp a photo into `cell` (x0, y0, x1, y1) of the canvas with random zoom/rotation/flip."""
+    x0, y0, x1, y1 = cell
+    w, h = image.size
+    zoom = rng.uniform(0.75, 1.35)
+    angle = rng.normal(0, 12) if rng.random() < 0.6 else 0.0
+    flip = rng.random() < 0.5
+    # Stretch to the cell like the server stretches a photo to the input, then zoom about a
+    # random point near the middle.
+    sx, sy = (x1 - x0) / w, (y1 - y0) / h
+    stretch = np.diag([sx, sy, 1.0])
+    focus = (rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h)
+    to = ((x0 + x1) / 2 + rng.uniform(-0.1, 0.1) * (x1 - x0), (y0 + y1) / 2 + rng.uniform(-0.1, 0.1) * (y1 - y0))
+    m = affine(zoom, angle, flip, (focus[0] * sx, focus[1] * sy), to) @ stretch
+    tile = warp(image, m, canvas.size)
+    mask = Image.new("L", canvas.size, 0)
+    mask.paste(255, (int(x0), int(y0), int(x1), int(y1)))
+    canvas.paste(tile, (0, 0), mask)
+    faces = []
+    for pts in landmarks:
+        moved = move_points(pts, m, flip)
+        full = np.concatenate([moved.min(0), moved.max(0)])
+        clipped = np.concatenate([np.maximum(full[:2], [x0, y0]), np.minimum(full[2:], [x1, y1])])
+        area = lambda b: max(b[2] - b[0], 0) * max(b[3] - b[1], 0)
+        faces.append((clipped, area(clipped) / max(area(full), 1e-6)))
+    return faces
+
+
+def make_sample(sources: Sources, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> image (3, S, S) 0..255, boxes (K, 4) pixels, ignore boxes (J, 4) pixels."""
+    canvas = Image.new("RGB", (INPUT, INPUT), tuple(int(v) for v in rng.integers(0, 255, 3)))
+    if rng.random() < MOSAIC_P:
+        cx, cy = rng.uniform(0.3, 0.7, 2) * INPUT
+        cells = [(0, 0, cx, cy), (cx, 0, INPUT, cy), (0, cy, cx, INPUT), (cx, cy, INPUT, INPUT)]
+    else:
+        cells = [(0, 0, INPUT, INPUT)]
+    faces = []
+    for cell in cells:
+        faces += place(*sources.pick(rng), rng, cell, canvas)
+    canvas = jitter_colour(canvas, rng)
+    keep = [b for b, vis in faces if vis >= 0.6 and min(b[2] - b[0], b[3] - b[1]) >= 6]
+    ignore = [b for b, vis in faces if not (vis >= 0.6 and min(b[2] - b[0], b[3] - b[1]) >= 6) and vis > 0.05]
+    return to_chw(canvas), np.array(keep, np.float32).reshape(-1, 4), np.array(ignore, np.float32).reshape(-1, 4)
+
+
+def assign(boxes: np.ndarray, ignore: np.ndarray, grid: int, stride: int):
+    """Cells near a face's centre are positives (the smaller face wins a shared cell); cells
+    inside a face but off-centre or inside an ignored face are left out of the score loss."""
+    centres = (np.arange(grid) + 0.5) * stride
+    cx, cy = np.meshgrid(centres, centres)
+    cx, cy = cx.reshape(-1), cy.reshape(-1)
+    target = np.full(grid * grid, -1, np.int64)  # index of the assigned box, -1 = background
+    weight = np.ones(grid * grid, np.float32)
+    best_area = np.full(grid * grid, np.inf)
+    for j, (x0, y0, x1, y1) in enumerate(boxes):
+        w, h = x1 - x0, y1 - y0
+        mx, my = (x0 + x1) / 2, (y0 + y1) / 2
+        inside = (cx > x0) & (cx < x1) & (cy > y0) & (cy < y1)
+        central = inside & (np.abs(cx - mx) <= max(0.25 * w, 0.75 * stride)) & (np.abs(cy - my) <= max(0.25 * h, 0.75 * stride))
+        nearest = np.argmin((cx - mx) ** 2 + (cy - my) ** 2)
+        central[nearest] = True
+        weight[inside & ~central] = 0.0  # ambiguous: neither face nor background
+        take = central & (w * h < best_area)
+        target[take] = j
+        best_area[take] = w * h
+    for x0, y0, x1, y1 in ignore:
+        weight[(cx > x0) & (cx < x1) & (cy > y0) & (cy < y1) & (target < 0)] = 0.0
+    weight[target >= 0] = 1.0
+    return target, weight
+
+
+def giou_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    lo, hi = torch.max(pred[:, :2], gt[:, :2]), torch.min(pred[:, 2:], gt[:, 2:])
+    inter = (hi - lo).clamp(min=0).prod(1)
+    area = lambda b: (b[:, 2:] - b[:, :2]).clamp(min=0).prod(1)
+    union = area(pred) + area(gt) - inter
+    hull = (torch.max(pred[:, 2:], gt[:, 2:]) - torch.min(pred[:, :2], gt[:, :2])).prod(1)
+    iou = inter / union.clamp(min=1e-9)
+    return (1 - iou + (hull - union) / hull.clamp(min=1e-9)).mean()
+
+
+def make_batch(sources, rng, model):
+    grid = INPUT // model.STRIDE
+    images, targets, weights, gts = [], [], [], []
+    for _ in range(BATCH):
+        image, boxes, ignore = make_sample(sources, rng)
+        t, w = assign(boxes, ignore, grid, model.STRIDE)
+        images.append(image)
+        weights.append(w)
+        targets.append(t)
+        gts.append(np.concatenate([boxes / INPUT, np.zeros((1, 4), np.float32)])[t])  # -1 -> dummy row
+    return (torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets)),
+            torch.from_numpy(np.stack(weights)), torch.from_numpy(np.stack(gts)))
+
+
+def detector_loss(model, images, targets, weights, gts):
+    logits, ltrb = model.raw(images)
+    positive = targets >= 0
+    labels = positive.float()
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    p_t = p * labels + (1 - p) * (1 - labels)
+    alpha = 0.25 * labels + 0.75 * (1 - labels)
+    focal = (alpha * (1 - p_t) ** 2 * ce * weights).sum() / positive.sum().clamp(min=1)
+    dist = torch.exp(ltrb.clamp(max=6.0)) * (model.STRIDE / model.input_size)
+    centre = model.anchors.unsqueeze(0).expand_as(dist[..., :2])
+    boxes = torch.cat([centre - dist[..., :2], centre + dist[..., 2:]], -1)
+    box = giou_loss(boxes[positive], gts[positive]) if positive.any() else logits.sum() * 0
+    return focal + 2.0 * box, focal.item(), box.item()
+
+
+def split_sources(data_dir: Path, split: str, limit: int | None = None):
+    cats = [p for p in data.crawford(data_dir / "crawford") if p.split == split]
+    dogs = [p for p in data.folder_images(data_dir / "negatives" / "dogs") if data.split_of("dogs/" + p.name) == split]
+    dogs += [p.path for p in data.oxford_pets(data_dir / "oxford-iiit-pet")
+             if p.species == "dog" and data.split_of("oxford/" + p.name) == split]
+    return (cats[:limit], dogs[:limit]) if limit else (cats, dogs)
+
+
+@torch.no_grad()
+def quick_validation(model, cats, dogs):
+    """Recall at IoU 0.5 on validation cats and false faces per validation dog photo."""
+    from service.detection import iou, select_faces
+
+    model.eval()
+    hits = total = false_on_dogs = 0
+    for batch_start in range(0, len(cats) + len(dogs), 32):
+        chunk = (cats + dogs)[batch_start : batch_start + 32]
+        images = [Image.open(p.path if isinstance(p, data.CatPhoto) else p).convert("RGB") for p in chunk]
+        x = torch.from_numpy(np.stack([to_chw(im.resize((INPUT, INPUT), Image.BILINEAR)) for im in images]))
+        scores, boxes = model(x)
+        for item, im, s, b in zip(chunk, images, scores.numpy(), boxes.numpy()):
+            found, _ = select_faces(s, b, SCORE_THRESHOLD, IOU_THRESHOLD, 20)
+            found = found * [im.width, im.height, im.width, im.height]
+            if isinstance(item, data.CatPhoto):
+                for pts in item.landmarks:
+                    total += 1
+                    gt = data.landmark_box(pts, im.width, im.height)
+                    hits += bool(len(found)) and iou(gt, found).max() >= 0.5
+            else:
+                false_on_dogs += len(found)
+    model.train()
+    return hits / max(total, 1), false_on_dogs / max(len(dogs), 1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--out", type=Path, default=Path("runs/detector"))
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--steps", type=int, default=STEPS_PER_EPOCH, help="steps per epoch")
+    parser.add_argument("--limit", type=int, default=None, help="use only N photos per kind (smoke runs)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = open(args.out / "log.jsonl", "a")
+
+    sources = Sources(*split_sources(args.data, "train", args.limit))
+    val_cats, val_dogs = split_sources(args.data, "val", args.limit)
+    print(f"train: {len(sources.cats)} cat photos, {len(sources.dogs)} dog photos; "
+          f"val: {len(val_cats)} cats, {len(val_dogs)} dogs", flush=True)
+
+    model = CatFaceDetector(pretrained_backbone(), INPUT)
+    frozen = [model.backbone._conv_stem, model.backbone._bn0, *model.backbone._blocks[:FROZEN_BLOCKS]]
+    for m in frozen:
+        freeze(m)
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    optimiser = torch.optim.AdamW([{"params": head_params, "lr": LR_HEAD},
+                                   {"params": backbone_params, "lr": LR_BACKBONE}], weight_decay=1e-4)
+    total_steps = args.epochs * args.steps
+    base_lrs = [g["lr"] for g in optimiser.param_groups]
+
+    step = 0
+    for epoch in range(args.epochs):
+        model.train()
+        for m in frozen:
+            m.eval()
+        t0, losses = time.time(), []
+        for _ in range(args.steps):
+            warmup = min(1.0, (step + 1) / 100)
+            cosine = 0.5 * (1 + math.cos(math.pi * step / total_steps))
+            for g, lr in zip(optimiser.param_groups, base_lrs):
+                g["lr"] = lr * warmup * cosine
+            loss, focal, box = detector_loss(model, *make_batch(sources, rng, model))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append((loss.item(), focal, box))
+            step += 1
+        recall, dog_fp = quick_validation(model, val_cats, val_dogs)
+        record = {"epoch": epoch, "loss": float(np.mean([l[0] for l in losses])),
+                  "focal": float(np.mean([l[1] for l in losses])), "giou": float(np.mean([l[2] for l in losses])),
+                  "val_recall": recall, "val_false_per_dog": dog_fp, "seconds": round(time.time() - t0, 1)}
+        print(json.dumps(record), flush=True)
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        torch.save({"model": model.state_dict(), "epoch": epoch, "input": INPUT}, args.out / "checkpoint.pt")
+    return model
+
+
+if __name__ == "__main__":
+    main()
