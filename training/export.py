@@ -33,9 +33,12 @@ def file_facts(path: Path) -> dict:
 
 
 def load_checkpoint(kind, path: Path):
+    """A trained model as shipped (eval mode; the landmarker averages with its mirror)."""
     state = torch.load(path, map_location="cpu")
     model = kind(EfficientNetLite0(), state["input"]) if kind is not CatBreedClassifier else kind(EfficientNetLite0())
     model.load_state_dict(state["model"])
+    if kind is CatLandmarker:
+        model.flip_average = True
     return model.eval(), state["input"]
 
 
