@@ -1,0 +1,80 @@
+"""`python -m service [--host H] [--port P]`: serve the bundled models (settings: CATFACE_*).
+
+One process serves everything: batching only pays off when concurrent requests meet in the same
+process, and each extra worker would hold its own copy of the models. Scale out with replicas.
+
+SIGTERM (or Ctrl-C) drains: /readyz answers 503 at once, requests keep being served for
+CATFACE_DRAIN_S seconds (time for a load balancer to notice), then the server stops taking
+connections, finishes the requests it has and the model queues, and exits 0. A second signal
+ends the drain delay; a third Ctrl-C stops without waiting.
+"""
+from __future__ import annotations
+
+import argparse
+import logging.config
+import math
+import os
+import sys
+import time
+
+import uvicorn
+
+from . import logs
+from .app import create_app
+from .config import Settings
+
+log = logging.getLogger("catface")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, drain_s: float):
+        super().__init__(config)
+        self.drain_s = drain_s
+        self.drain_from: float | None = None
+        self.announced = False
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.drain_from is None:
+            # In a signal handler: only flip flags; on_tick does the rest on the event loop.
+            self.drain_from = time.monotonic()
+            self.config.app.state.draining = True
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_from is not None and not self.should_exit:
+            if not self.announced:
+                self.announced = True
+                log.info("draining", extra={"drain_s": self.drain_s})
+            if time.monotonic() - self.drain_from >= self.drain_s:
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("CATFACE_HOST", "127.0.0.1"),
+                        help="address to listen on (0.0.0.0 in a container); env CATFACE_HOST")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("CATFACE_PORT", "8000")),
+                        help="env CATFACE_PORT")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        parser.error(str(exc))
+    log_config = logs.config(settings.log_level)
+    logging.config.dictConfig(log_config)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, lifespan="on", log_config=log_config, access_log=False,
+        server_header=False,
+        # A stuck request must not hold the shutdown forever: after its deadline it is abandoned anyway.
+        timeout_graceful_shutdown=math.ceil(settings.request_timeout_s) + 5,
+    )
+    server = DrainingServer(config, settings.drain_s)
+    server.run()
+    return 0 if server.started else 3  # 3 = start-up failed (uvicorn's own code), e.g. a bad model file
+
+
+if __name__ == "__main__":
+    sys.exit(main())

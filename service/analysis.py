@@ -1,0 +1,83 @@
+"""The server's per-photo flow: the stages of pipeline.CatFace, with every model call going
+through its batcher so that concurrent requests share onnxruntime calls.
+
+It mirrors CatFace.detect (detect -> crop faces -> landmarks and breeds per face) but for one
+photo at a time; the stage functions (inputs, decoding of outputs) are CatFace's own, so the
+two paths cannot drift apart. Pixel work (resizing, cropping) runs on the image thread pool,
+never on the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .batching import Batcher
+from .imaging import Photo
+from .pipeline import CatFace, Face
+
+
+@dataclass
+class PhotoBreeds:
+    cat: bool
+    faces: int
+    breeds: list[tuple[str, float]]
+
+
+class Analyzer:
+    def __init__(self, catface: CatFace, batchers: dict[str, Batcher], pixels: Executor):
+        self.catface = catface
+        self.batchers = batchers
+        self._pixels = pixels
+
+    async def _on_pixels(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pixels, fn, *args)
+
+    async def _faces(self, photo: Photo, deadline: float | None) -> list[Face]:
+        cf = self.catface
+        x = await self._on_pixels(cf.detector_input, photo.image)
+        scores, boxes = await self.batchers["catface"].submit(x[None], deadline)
+        return cf.faces_from(scores[0], boxes[0], photo.image)
+
+    def _face_inputs(self, photo: Photo, faces: list[Face]):
+        crops = [self.catface.landmark_input(photo.image, face) for face in faces]
+        return (np.stack([c for c, _ in crops]), [m for _, m in crops],
+                np.stack([self.catface.breed_input(photo.image, face) for face in faces]))
+
+    async def detect(self, photo: Photo, deadline: float | None = None) -> list[Face]:
+        """Faces best first, with landmarks and breeds, in the original photo's pixels."""
+        faces = await self._faces(photo, deadline)
+        if faces:
+            crops, matrices, breed_inputs = await self._on_pixels(self._face_inputs, photo, faces)
+            (points,), (probabilities,) = await _both(
+                self.batchers["catlandmarks"].submit(crops, deadline),
+                self.batchers["catbreeds"].submit(breed_inputs, deadline))
+            for face, out, matrix, p in zip(faces, points, matrices, probabilities):
+                face.landmarks = self.catface.landmarks_from(out, matrix)
+                face.breeds = self.catface.breeds_from(p)
+        sx, sy = photo.scale
+        return [face.scaled(sx, sy) for face in faces]
+
+    async def breeds(self, photo: Photo, deadline: float | None = None) -> PhotoBreeds:
+        """Breeds of the whole photo, asked only when the detector sees a cat face: the classifier
+        knows nothing but cat breeds and names one for any photo, dogs included."""
+        faces = await self._faces(photo, deadline)
+        if not faces:
+            return PhotoBreeds(False, 0, [])
+        x = await self._on_pixels(self.catface.breed_input, photo.image)
+        (probabilities,) = await self.batchers["catbreeds"].submit(x[None], deadline)
+        return PhotoBreeds(True, len(faces), self.catface.breeds_from(probabilities[0]))
+
+
+async def _both(first, second):
+    """Await two coroutines concurrently; if one fails, cancel the other (no orphan queue items)."""
+    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # collect the sibling's outcome too
+        raise

@@ -1,0 +1,258 @@
+"""The HTTP face of catface: routes, start-up and shutdown, admission, and errors.
+
+Start-up (lifespan) loads and sha256-checks the models once, warms them up at the largest
+batch, starts one batcher per model, and only then reports ready. A model file that is missing
+or altered stops the start-up: the service never serves with a wrong model.
+
+Every refusal is an RFC 9457 problem+json with a stable `type`. Overload is refused fast with
+503 + Retry-After: too many requests in flight (`overloaded`), a model queue full
+(`queue-full`), a deadline passed (`deadline-exceeded`). A client that disconnects while its
+photo waits is dropped before its photo reaches a model.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Awaitable, Callable, TypeVar
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from . import __version__, artifacts, imaging, uploads
+from .analysis import Analyzer
+from .artifacts import Artifacts
+from .batching import Batcher, DeadlineExceeded, QueueFull, Refused, ShuttingDown
+from .config import Settings
+from .imaging import Photo
+from .metrics import Metrics
+from .middleware import RequestContext
+from .pipeline import CatFace
+from .pipeline import load as load_pipeline
+from .problems import PROBLEM_CONTENT, Problem, from_problem, problem_response
+from .runtime import ModelFileError
+from .schemas import LANDMARK_NAMES, BreedsResponse, DetectResponse, Health
+from .schemas import Problem as ProblemSchema
+from .schemas import breeds_out, face_out
+
+log = logging.getLogger("catface")
+T = TypeVar("T")
+
+ANALYSIS_ERRORS = {
+    400: {"description": "malformed multipart body", "content": PROBLEM_CONTENT},
+    413: {"description": "body or image too large (bytes or pixels)", "content": PROBLEM_CONTENT},
+    415: {"description": "not JPEG, PNG or WebP, or a wrong content type", "content": PROBLEM_CONTENT},
+    422: {"description": "empty, corrupt or tiny image, or no `image` field", "content": PROBLEM_CONTENT},
+    503: {"description": "overloaded, queue full, deadline passed, or not ready; see Retry-After",
+          "content": PROBLEM_CONTENT},
+}
+REFUSALS = {QueueFull: "queue-full", DeadlineExceeded: "deadline-exceeded", ShuttingDown: "shutting-down"}
+
+
+# ---- start-up and shutdown -------------------------------------------------------------------
+def _load(settings: Settings) -> tuple[CatFace, Artifacts]:
+    catface = load_pipeline(settings.models_dir, settings.threads or None)
+    names = tuple(catface.landmarker.entry.get("landmark_names", ()))
+    if names != LANDMARK_NAMES:
+        raise ModelFileError(f"the landmark model names {names}, the API promises {LANDMARK_NAMES}")
+    for model in catface.models.values():  # the first run at a new batch size allocates: do it now
+        model.run(np.zeros((settings.max_batch_size, 3, *model.input_size), np.float32))
+    return catface, Artifacts.load(settings.models_dir)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    state, settings, metrics = app.state, app.state.settings, app.state.metrics
+    imaging.configure(settings.max_pixels)
+    catface, state.artifacts = await asyncio.to_thread(_load, settings)
+    batchers = {name: Batcher(name, model.run, max_batch_size=settings.max_batch_size,
+                              max_wait_s=settings.max_wait_ms / 1000, queue_size=settings.queue_size,
+                              observer=metrics.for_model(name))
+                for name, model in catface.models.items()}
+    for batcher in batchers.values():
+        batcher.start()
+    for entry in state.artifacts.entries:
+        metrics.model_info.labels(entry["name"] + "." + entry["format"], entry["version"], entry["sha256"]).set(1)
+    state.pixels = ThreadPoolExecutor(settings.image_threads, thread_name_prefix="pixels")
+    state.analyzer = Analyzer(catface, batchers, state.pixels)
+    state.ready = True
+    log.info("ready", extra={"models": sorted(catface.models), "max_batch_size": settings.max_batch_size,
+                             "max_wait_ms": settings.max_wait_ms, "queue_size": settings.queue_size})
+    try:
+        yield
+    finally:
+        # The server has stopped taking requests and waited for running ones; whatever is
+        # still queued finishes before the models go away.
+        state.ready, state.draining = False, True
+        await asyncio.gather(*(batcher.close() for batcher in batchers.values()))
+        state.pixels.shutdown(wait=True)
+        log.info("stopped")
+
+
+# ---- the analysis routes ---------------------------------------------------------------------
+router = APIRouter()
+
+
+async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Awaitable[T]]) -> tuple[Photo, T]:
+    """Admission, upload, decoding and the analysis itself, under the request's deadline."""
+    state, settings, metrics = request.app.state, request.app.state.settings, request.app.state.metrics
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.request_timeout_s
+    retry = {"Retry-After": str(settings.retry_after_s)}
+    try:
+        analyzer: Analyzer | None = getattr(state, "analyzer", None)
+        if analyzer is None or not state.ready:  # (still served while draining: the balancer may lag)
+            raise Problem(503, "not-ready", "the models are not loaded yet", headers=retry)
+        if state.inflight >= settings.max_inflight:
+            raise Problem(503, "overloaded", f"{settings.max_inflight} requests are already in flight", headers=retry)
+        state.inflight += 1
+        metrics.inflight.inc()
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data = await uploads.read_image(request, settings.max_body_bytes)
+            except TimeoutError:
+                raise Problem(408, "upload-timeout", "the upload did not finish before the deadline") from None
+            decode = partial(imaging.decode, data, max_bytes=settings.max_body_bytes,
+                             max_pixels=settings.max_pixels, decode_side=settings.decode_side)
+            photo = await loop.run_in_executor(state.pixels, decode)
+            del data, decode
+            return photo, await _unless_gone(request, work(analyzer, photo, deadline), deadline, retry)
+        finally:
+            state.inflight -= 1
+            metrics.inflight.dec()
+    except Refused as exc:
+        metrics.rejections.labels(REFUSALS.get(type(exc), "refused")).inc()
+        raise Problem(503, REFUSALS.get(type(exc), "refused"), str(exc), headers=retry) from None
+    except Problem as exc:
+        metrics.rejections.labels(exc.slug).inc()
+        raise
+
+
+async def _unless_gone(request: Request, work: Awaitable[T], deadline: float, retry: dict) -> T:
+    """Run `work` until it ends, the client disconnects, or the deadline passes; in the last two
+    cases it is cancelled, which takes its items out of the model queues."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        async with asyncio.timeout_at(deadline):
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except TimeoutError:
+        raise Problem(503, "deadline-exceeded", "the request took longer than its deadline", headers=retry) from None
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise Problem(499, "client-closed-request", "the client disconnected before the answer",
+                      title="Client Closed Request")
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client goes away (the body is already read, so receive only reports that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+@router.post("/detect", response_model=DetectResponse, responses=ANALYSIS_ERRORS, openapi_extra=uploads.OPENAPI_BODY,
+             summary="Every cat face with its box, 9 landmarks and breeds", tags=["analysis"])
+async def detect(request: Request) -> DetectResponse:
+    photo, faces = await _analyze(request, lambda a, p, d: a.detect(p, d))
+    names = request.app.state.analyzer.catface.landmarker.entry["landmark_names"]
+    return DetectResponse(width=photo.width, height=photo.height, faces=[face_out(f, names) for f in faces])
+
+
+@router.post("/breeds", response_model=BreedsResponse, responses=ANALYSIS_ERRORS, openapi_extra=uploads.OPENAPI_BODY,
+             summary="Whether the photo shows a cat, and its likely breeds", tags=["analysis"])
+async def breeds(request: Request) -> BreedsResponse:
+    _, result = await _analyze(request, lambda a, p, d: a.breeds(p, d))
+    return BreedsResponse(cat=result.cat, faces=result.faces, breeds=breeds_out(result.breeds))
+
+
+# ---- health and metrics ----------------------------------------------------------------------
+@router.get("/livez", response_model=Health, tags=["operations"], summary="The process is alive")
+async def livez() -> Health:
+    return Health(status="alive")
+
+
+@router.get("/readyz", response_model=Health, tags=["operations"],
+            summary="Models loaded and warmed up, and not draining",
+            responses={503: {"description": "starting or draining", "content": PROBLEM_CONTENT}})
+async def readyz(request: Request) -> Health:
+    state = request.app.state
+    if state.draining:
+        raise Problem(503, "draining", "the service is shutting down", headers={"Retry-After": "1"})
+    if not state.ready:
+        raise Problem(503, "not-ready", "the models are not loaded yet", headers={"Retry-After": "1"})
+    return Health(status="ready")
+
+
+@router.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+async def metrics(request: Request) -> Response:
+    m: Metrics = request.app.state.metrics
+    return Response(m.render(), media_type=m.content_type)
+
+
+# ---- errors ----------------------------------------------------------------------------------
+def _request_id(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
+    return from_problem(exc, instance=request.url.path, request_id=_request_id(request))
+
+
+async def _on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code == 304 or exc.status_code < 400:
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return problem_response(exc.status_code, exc.detail, instance=request.url.path, headers=exc.headers,
+                            request_id=_request_id(request))
+
+
+async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # Drop the echoed input: it may be large, and it is the client's own data anyway.
+    errors = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")} for e in exc.errors()]
+    return problem_response(422, "the request does not match the API", slug="invalid-request",
+                            instance=request.url.path, request_id=_request_id(request),
+                            errors=jsonable_encoder(errors))
+
+
+# ---- the app ---------------------------------------------------------------------------------
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    app = FastAPI(
+        title="catface", version=__version__, lifespan=lifespan, redoc_url=None,
+        summary="Finds cat faces in photos: box, 9 landmarks and breeds; serves the models for on-device use.",
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.ready = app.state.draining = False
+    app.state.inflight = 0
+    app.state.analyzer = app.state.artifacts = None
+    app.add_middleware(RequestContext, metrics=app.state.metrics)
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.include_router(router)
+    app.include_router(artifacts.router)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            schemas["Problem"] = ProblemSchema.model_json_schema(ref_template="#/components/schemas/{model}")
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app

@@ -1,0 +1,104 @@
+"""The public JSON of the service. Field names here are the API contract (issue 4): add fields
+freely, never rename. Pixel coordinates are rounded to 0.01 px and scores to 1e-4, which is
+finer than the models can tell and keeps answers short."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Point = Annotated[tuple[float, float], Field(description="x, y in pixels of the upright photo")]
+
+LANDMARK_NAMES = ("left_eye", "right_eye", "mouth", "left_ear_1", "left_ear_2", "left_ear_3",
+                  "right_ear_1", "right_ear_2", "right_ear_3")
+
+
+class Landmarks(BaseModel):
+    """The 9 Crawford landmarks, named as seen in the image (left = image left). Ear points may
+    lie outside the photo when the ear is cut off."""
+    left_eye: Point
+    right_eye: Point
+    mouth: Point
+    left_ear_1: Point = Field(description="outer base of the left ear")
+    left_ear_2: Point = Field(description="tip of the left ear")
+    left_ear_3: Point = Field(description="inner base of the left ear")
+    right_ear_1: Point = Field(description="inner base of the right ear")
+    right_ear_2: Point = Field(description="tip of the right ear")
+    right_ear_3: Point = Field(description="outer base of the right ear")
+
+
+class Breed(BaseModel):
+    breed: str
+    score: float = Field(ge=0, le=1)
+
+
+class Face(BaseModel):
+    box: tuple[float, float, float, float] = Field(description="x_min, y_min, x_max, y_max in pixels")
+    score: float = Field(ge=0, le=1)
+    landmarks: Landmarks
+    breeds: list[Breed] = Field(description="breeds with score >= 5%, best first")
+
+
+class DetectResponse(BaseModel):
+    width: int = Field(description="width of the photo as a person sees it (EXIF orientation applied)")
+    height: int
+    faces: list[Face] = Field(description="every cat face, best score first; empty when there is no cat")
+
+
+class BreedsResponse(BaseModel):
+    cat: bool = Field(description="whether the photo shows a cat face")
+    faces: int = Field(description="how many cat faces the detector found")
+    breeds: list[Breed] = Field(description="breeds of the whole photo with score >= 5%, best first; "
+                                            "empty when there is no cat")
+
+
+class ModelEntry(BaseModel):
+    """One artifact of models/manifest.json, with every manifest field passed through."""
+    model_config = ConfigDict(extra="allow")
+    name: str
+    file: str
+    format: str = Field(description="onnx or coreml")
+    version: str
+    sha256: str
+    bytes: int
+    url: str = Field(description="where to download the file (GET /models/{file})")
+    inputs: list[dict] = []
+    outputs: list[dict] = []
+    labels: list[str] | None = None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelEntry]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (media type application/problem+json)."""
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="urn:catface:problem:<slug>, or about:blank for a plain HTTP error")
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    request_id: str | None = None
+
+
+def round_point(x: float, y: float) -> tuple[float, float]:
+    return round(float(x), 2), round(float(y), 2)
+
+
+def face_out(face, landmark_names) -> Face:
+    """A pipeline.Face (numpy arrays) -> the public JSON shape."""
+    return Face(
+        box=tuple(round(float(v), 2) for v in face.box),
+        score=round(face.score, 4),
+        landmarks=Landmarks(**{name: round_point(*xy) for name, xy in zip(landmark_names, face.landmarks)}),
+        breeds=breeds_out(face.breeds),
+    )
+
+
+def breeds_out(breeds: list[tuple[str, float]]) -> list[Breed]:
+    return [Breed(breed=name, score=round(score, 4)) for name, score in breeds]

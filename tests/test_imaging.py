@@ -1,0 +1,176 @@
+"""Image intake without HTTP: formats, limits, EXIF orientation, reduced decoding, pixel modes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.imaging import decode
+from service.problems import Problem
+
+from .conftest import CATS, encode, photo, png16_rgb, png_raw
+
+LIMITS = dict(max_bytes=10_000_000, max_pixels=40_000_000, decode_side=800)
+
+
+def refused(data: bytes, **limits) -> Problem:
+    with pytest.raises(Problem) as caught:
+        decode(data, **{**LIMITS, **limits})
+    return caught.value
+
+
+def pattern(width=96, height=64) -> Image.Image:
+    """An asymmetric picture (gradients + a red corner) where any flip or turn shows."""
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1).astype(np.uint8)
+    pixels[:8, :12] = [255, 0, 0]
+    return Image.fromarray(pixels, "RGB")
+
+
+# ---- refusals --------------------------------------------------------------------------------
+def test_empty_upload_is_422():
+    assert (refused(b"").status, refused(b"").slug) == (422, "empty-image")
+
+
+def test_text_is_415():
+    assert refused(b"hello, this is not a photo\n" * 20).status == 415
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+def test_formats_outside_the_allowed_three_are_415_and_named(fmt):
+    problem = refused(encode(pattern(), fmt))
+    assert problem.status == 415 and fmt in problem.detail
+
+
+def test_animated_gif_is_415():
+    frames = [pattern(), pattern().transpose(Image.ROTATE_180)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert refused(data).status == 415
+
+
+def test_truncated_jpeg_is_422():
+    data = encode(photo(CATS[0]), "JPEG", quality=90)
+    assert (refused(data[: len(data) // 2]).status, refused(data[: len(data) // 2]).slug) == (422, "corrupt-image")
+
+
+def test_broken_jpeg_header_is_422_not_415():
+    assert refused(b"\xff\xd8\xff\xe0" + b"\x00" * 50).status == 422
+
+
+def test_one_pixel_image_is_422():
+    assert refused(encode(Image.new("RGB", (1, 1)), "PNG")).slug == "image-too-small"
+
+
+def test_decompression_bomb_is_refused_from_the_header():
+    # 100000 x 100000 pixels announced by a 60-byte file: refused before any pixel is decoded.
+    bomb = png_raw(100_000, 100_000, 1, 0, None)
+    assert len(bomb) < 100
+    problem = refused(bomb)
+    assert (problem.status, problem.slug) == (413, "image-too-large")
+
+
+def test_pixel_limit_is_a_setting():
+    data = encode(pattern(400, 300), "PNG")
+    problem = refused(data, max_pixels=100_000)
+    assert problem.status == 413 and "400x300" in problem.detail
+    assert decode(data, **{**LIMITS, "max_pixels": 120_000}).width == 400
+
+
+def test_byte_limit():
+    data = encode(pattern(), "PNG")
+    assert refused(data, max_bytes=len(data) - 1).status == 413
+
+
+# ---- orientation -----------------------------------------------------------------------------
+# EXIF orientation -> the transpose that makes the stored pixels from the upright picture.
+STORED_FROM_UPRIGHT = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM,
+                       5: Image.TRANSPOSE, 6: Image.ROTATE_90, 7: Image.TRANSVERSE, 8: Image.ROTATE_270}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_FROM_UPRIGHT))
+def test_exif_orientation_gives_the_upright_picture(orientation):
+    upright = pattern()
+    stored = upright.transpose(STORED_FROM_UPRIGHT[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    got = decode(encode(stored, "PNG", exif=exif.tobytes()), **LIMITS)
+    assert (got.width, got.height) == upright.size
+    assert np.array_equal(np.asarray(got.image), np.asarray(upright))
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF")
+def test_malformed_exif_keeps_the_photo():
+    data = encode(pattern(), "JPEG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff")
+    assert decode(data, **LIMITS).image.size == (96, 64)
+
+
+# ---- reduced decoding ------------------------------------------------------------------------
+def test_large_jpeg_is_decoded_smaller_but_reports_the_original_size():
+    big = photo(CATS[0]).resize((3584, 2000))
+    got = decode(encode(big, "JPEG", quality=85), **LIMITS)
+    assert (got.width, got.height) == (3584, 2000)
+    assert 800 <= max(got.image.size) < 1800  # libjpeg decoded at 1/2 or 1/4, not full size
+    assert got.scale[0] == pytest.approx(3584 / got.image.width)
+
+
+def test_large_png_is_reduced_after_decoding():
+    got = decode(encode(pattern(2400, 1700), "PNG"), **LIMITS)
+    assert (got.width, got.height) == (2400, 1700)
+    assert 800 <= max(got.image.size) <= 1200
+
+
+def test_small_photo_is_untouched():
+    got = decode(encode(pattern(), "PNG"), **LIMITS)
+    assert got.scale == (1.0, 1.0)
+    assert np.array_equal(np.asarray(got.image), np.asarray(pattern()))
+
+
+# ---- pixel modes -----------------------------------------------------------------------------
+def test_sixteen_bit_grey_is_scaled_not_clipped():
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    got = np.asarray(decode(encode(Image.fromarray(ramp), "PNG"), **LIMITS).image)
+    assert got.shape == (64, 64, 3)
+    assert np.abs(got[..., 0].astype(int) - np.round(ramp / 257)).max() <= 1
+    assert got[..., 0].min() == 0 and got[..., 0].max() == 255 and len(np.unique(got)) > 200
+
+
+def test_sixteen_bit_rgb():
+    got = np.asarray(decode(png16_rgb(pattern()), **LIMITS).image)
+    assert np.abs(got.astype(int) - np.asarray(pattern(), int)).max() <= 1
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    data = encode(pattern().convert("CMYK"), "JPEG", quality=95)
+    got = np.asarray(decode(data, **LIMITS).image, int)
+    assert np.abs(got - np.asarray(pattern(), int)).mean() < 8
+
+
+def test_transparency_is_composited_on_white():
+    rgba = pattern().convert("RGBA")
+    alpha = np.full((64, 96), 255, np.uint8)
+    alpha[:, 48:] = 0
+    rgba.putalpha(Image.fromarray(alpha))
+    got = np.asarray(decode(encode(rgba, "PNG"), **LIMITS).image)
+    assert (got[:, 48:] == 255).all()
+    assert np.array_equal(got[:, :48], np.asarray(pattern())[:, :48])
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "1", "RGBA"])
+def test_other_modes_become_rgb(mode):
+    got = decode(encode(pattern().convert(mode), "PNG"), **LIMITS)
+    assert got.image.mode == "RGB" and got.image.size == (96, 64)
+
+
+def test_palette_with_transparent_index():
+    image = pattern().convert("P")
+    data = encode(image, "PNG", transparency=image.getpixel((0, 0)))
+    got = np.asarray(decode(data, **LIMITS).image)
+    assert (got[0, 0] == 255).all()  # the red corner's palette entry is transparent
+
+
+def test_webp_and_animated_webp_first_frame():
+    still = decode(encode(pattern(), "WEBP", lossless=True), **LIMITS)
+    assert np.array_equal(np.asarray(still.image), np.asarray(pattern()))
+    frames = [pattern(), pattern().transpose(Image.ROTATE_180)]
+    animated = decode(encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True), **LIMITS)
+    assert np.array_equal(np.asarray(animated.image), np.asarray(pattern()))
