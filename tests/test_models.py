@@ -1,0 +1,105 @@
+"""The committed ONNX models on real photos: what a sticker app relies on."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.runtime import ModelFileError, load_models
+
+from .conftest import DATA, MODELS, photo
+
+# Validation-split photos (see training/data.py), never trained on.
+CATS = ["crawford/CAT_01/00000138_000.jpg", "crawford/CAT_01/00000177_013.jpg", "crawford/CAT_01/00000251_007.jpg"]
+DOGS = ["negatives/dogs/dog.10.jpg", "negatives/dogs/dog.103.jpg", "negatives/dogs/dog.114.jpg"]
+
+
+def eyes_and_mouth(face):
+    left, right, mouth = face.landmarks[0], face.landmarks[1], face.landmarks[2]
+    return left, right, mouth
+
+
+@pytest.mark.parametrize("name", CATS)
+def test_cat_photo_gives_one_face_with_landmarks_in_place(catface, name):
+    faces = catface.detect([photo(name)])[0]
+    assert len(faces) == 1
+    face = faces[0]
+    left, right, mouth = eyes_and_mouth(face)
+    assert left[0] < right[0], "left eye is left of the right eye"
+    assert max(left[1], right[1]) < mouth[1], "eyes are above the mouth"
+    x0, y0, x1, y1 = face.box
+    assert np.all((face.landmarks[:3, 0] > x0) & (face.landmarks[:3, 0] < x1))
+    assert np.all((face.landmarks[:3, 1] > y0) & (face.landmarks[:3, 1] < y1))
+    assert 0.5 <= face.score <= 1.0
+
+
+@pytest.mark.parametrize("name", DOGS)
+def test_dog_photo_gives_no_face(catface, name):
+    assert catface.detect([photo(name)])[0] == []
+
+
+def test_mosaic_of_three_cats_gives_three_faces(catface):
+    tiles = [photo(n).resize((320, 320)) for n in CATS]
+    mosaic = Image.new("RGB", (960, 320))
+    for i, tile in enumerate(tiles):
+        mosaic.paste(tile, (320 * i, 0))
+    faces = catface.detect([mosaic])[0]
+    assert len(faces) == 3
+    assert sorted(int((f.box[0] + f.box[2]) / 2 // 320) for f in faces) == [0, 1, 2]
+
+
+def test_mirrored_photo_gives_mirrored_landmarks(catface):
+    image = photo(CATS[0])
+    (face,), (mirrored,) = catface.detect([image, image.transpose(Image.FLIP_LEFT_RIGHT)])
+    flip = [1, 0, 2, 8, 7, 6, 5, 4, 3]  # the image's left becomes its right
+    back = mirrored.landmarks[flip] * [-1, 1] + [image.width, 0]
+    side = max(face.box[2] - face.box[0], face.box[3] - face.box[1])
+    assert np.abs(back - face.landmarks).max() < 0.08 * side
+
+
+def test_batch_rows_do_not_depend_on_batch_company(catface):
+    images = [photo(n) for n in CATS + DOGS[:1]]
+    together = catface.detect(images)
+    alone = [catface.detect([im])[0] for im in images]
+    for a, b in zip(together, alone):
+        assert len(a) == len(b)
+        for fa, fb in zip(a, b):
+            assert np.allclose(fa.box, fb.box, atol=1e-2) and np.allclose(fa.landmarks, fb.landmarks, atol=1e-2)
+
+
+@pytest.mark.parametrize("name,breed", [
+    ("oxford-iiit-pet/images/Sphynx_107.jpg", "Sphynx"),
+    ("oxford-iiit-pet/images/Bombay_104.jpg", "Bombay"),
+    ("oxford-iiit-pet/images/Siamese_108.jpg", "Siamese"),
+])
+def test_typical_breeds_come_out_on_top(catface, name, breed):
+    probabilities = catface.classify([photo(name)])[0]
+    assert catface.breed_labels[int(np.argmax(probabilities))] == breed
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_breed_lists_are_sorted_and_above_threshold(catface):
+    faces = catface.detect([photo(CATS[1])])[0]
+    scores = [s for _, s in faces[0].breeds]
+    assert scores == sorted(scores, reverse=True)
+    assert all(s >= 0.05 for s in scores)
+
+
+def test_manifest_describes_every_model_file():
+    manifest = json.loads((MODELS / "manifest.json").read_text())
+    names = {m["name"] for m in manifest["models"] if m["format"] == "onnx"}
+    assert names == {"catface", "catlandmarks", "catbreeds"}
+    for entry in manifest["models"]:
+        assert (MODELS / entry["file"]).stat().st_size == entry["bytes"]
+
+
+def test_corrupted_model_stops_start_up(tmp_path):
+    for f in MODELS.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    blob = bytearray((tmp_path / "catlandmarks.onnx").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (tmp_path / "catlandmarks.onnx").write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match="catlandmarks.onnx"):
+        load_models(tmp_path, threads=1)
