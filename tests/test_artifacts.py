@@ -145,14 +145,17 @@ async def raw_get(app, raw_path: str):
     return start["status"], dict(start["headers"]), body
 
 
+EXTRA = "catface-extra.mlmodel"  # a name no real artifact has: the copy must not write through a link
+
+
 def _models_copy(tmp_path, extra: bytes) -> None:
     """The committed models linked into a new folder, plus one more artifact in its manifest."""
     for f in MODELS.iterdir():
         if f.name != "manifest.json":
             os.symlink(f, tmp_path / f.name)
-    (tmp_path / "catface.mlmodel").write_bytes(extra)
+    (tmp_path / EXTRA).write_bytes(extra)
     manifest = json.loads((MODELS / "manifest.json").read_text())
-    manifest["models"].append({"name": "catface", "format": "coreml", "version": "1.0.0", "file": "catface.mlmodel",
+    manifest["models"].append({"name": "catface-extra", "format": "coreml", "version": "1.0.0", "file": EXTRA,
                                "sha256": hashlib.sha256(b"a different blob").hexdigest() if extra == b"altered"
                                else hashlib.sha256(extra).hexdigest(),
                                "bytes": len(extra), "inputs": [], "outputs": []})
@@ -165,17 +168,17 @@ def test_new_manifest_entries_are_served_without_code_changes(tmp_path):
     _models_copy(tmp_path, blob)
     live = LiveApp(make_settings(models_dir=tmp_path))
     try:
-        listed = [m for m in live.get("/models").json()["models"] if m["format"] == "coreml"]
-        assert [m["url"] for m in listed] == ["http://catface/models/catface.mlmodel"]
-        assert live.get("/models/catface.mlmodel").content == blob
-        assert live.get("/models/catface.mlmodel", headers={"range": "bytes=-10"}).content == blob[-10:]
+        listed = [m for m in live.get("/models").json()["models"] if m["file"] == EXTRA]
+        assert [m["url"] for m in listed] == [f"http://catface/models/{EXTRA}"]
+        assert live.get(f"/models/{EXTRA}").content == blob
+        assert live.get(f"/models/{EXTRA}", headers={"range": "bytes=-10"}).content == blob[-10:]
     finally:
         live.close()
 
 
 def test_an_altered_artifact_stops_start_up(tmp_path):
     _models_copy(tmp_path, b"altered")
-    with pytest.raises(ModelFileError, match="catface.mlmodel"):
+    with pytest.raises(ModelFileError, match=EXTRA):
         LiveApp(make_settings(models_dir=tmp_path))
 
 

@@ -203,7 +203,13 @@ class CatLandmarker(nn.Module):
         points = self.points(pixels)
         if not self.flip_average:
             return points
-        mirrored = self.points(torch.flip(pixels, dims=[3])).reshape(-1, 9, 2)[:, FLIP_PERMUTATION]
+        return self.average_with_mirror(points, self.points(torch.flip(pixels, dims=[3])))
+
+    @staticmethod
+    def average_with_mirror(points, mirrored_points):
+        """Mean of the crop's points and its mirror's points mapped back (left/right swapped).
+        Shared with the Core ML export, which runs both crops as one batch of two."""
+        mirrored = mirrored_points.reshape(-1, 9, 2)[:, FLIP_PERMUTATION]
         mirrored = torch.stack([1.0 - mirrored[..., 0], mirrored[..., 1]], -1).reshape(-1, 18)
         return (points + mirrored) / 2
 

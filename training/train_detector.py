@@ -213,6 +213,8 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="use only N photos per kind (smoke runs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint (a second, shorter cycle)")
+    parser.add_argument("--lr-scale", type=float, default=1.0, help="multiply the learning rates")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -227,13 +229,15 @@ def main(argv=None):
           f"val: {len(val_cats)} cats, {len(val_dogs)} dogs", flush=True)
 
     model = CatFaceDetector(pretrained_backbone(), INPUT)
+    if args.init:
+        model.load_state_dict(torch.load(args.init, map_location="cpu")["model"])
     frozen = [model.backbone._conv_stem, model.backbone._bn0, *model.backbone._blocks[:FROZEN_BLOCKS]]
     for m in frozen:
         freeze(m)
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
     head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    optimiser = torch.optim.AdamW([{"params": head_params, "lr": LR_HEAD},
-                                   {"params": backbone_params, "lr": LR_BACKBONE}], weight_decay=1e-4)
+    optimiser = torch.optim.AdamW([{"params": head_params, "lr": LR_HEAD * args.lr_scale},
+                                   {"params": backbone_params, "lr": LR_BACKBONE * args.lr_scale}], weight_decay=1e-4)
     total_steps = args.epochs * args.steps
     base_lrs = [g["lr"] for g in optimiser.param_groups]
 
