@@ -44,7 +44,7 @@ class Analyzer:
     def _face_inputs(self, photo: Photo, faces: list[Face]):
         crops = [self.catface.landmark_input(photo.image, face) for face in faces]
         return (np.stack([c for c, _ in crops]), [m for _, m in crops],
-                np.stack([self.catface.breed_input(photo.image, face) for face in faces]))
+                self.catface.breed_inputs(photo.image, faces))
 
     async def detect(self, photo: Photo, deadline: float | None = None) -> list[Face]:
         """Faces best first, with landmarks and breeds, in the original photo's pixels."""
@@ -54,9 +54,9 @@ class Analyzer:
             (points,), (probabilities,) = await _both(
                 self.batchers["catlandmarks"].submit(crops, deadline),
                 self.batchers["catbreeds"].submit(breed_inputs, deadline))
-            for face, out, matrix, p in zip(faces, points, matrices, probabilities):
+            for face, out, matrix, breeds in zip(faces, points, matrices, self.catface.face_breeds(probabilities)):
                 face.landmarks = self.catface.landmarks_from(out, matrix)
-                face.breeds = self.catface.breeds_from(p)
+                face.breeds = breeds
         sx, sy = photo.scale
         return [face.scaled(sx, sy) for face in faces]
 
@@ -66,9 +66,9 @@ class Analyzer:
         faces = await self._faces(photo, deadline)
         if not faces:
             return PhotoBreeds(False, 0, [])
-        x = await self._on_pixels(self.catface.breed_input, photo.image)
-        (probabilities,) = await self.batchers["catbreeds"].submit(x[None], deadline)
-        return PhotoBreeds(True, len(faces), self.catface.breeds_from(probabilities[0]))
+        x = await self._on_pixels(self.catface.breed_inputs, photo.image, faces)
+        (probabilities,) = await self.batchers["catbreeds"].submit(x, deadline)
+        return PhotoBreeds(True, len(faces), self.catface.photo_breeds(probabilities))
 
 
 async def _both(first, second):

@@ -77,6 +77,28 @@ class CatFace:
         order = np.argsort(-probabilities, kind="stable")
         return [(self.breed_labels[i], float(probabilities[i])) for i in order if probabilities[i] >= self.breed_threshold]
 
+    # The classifier sees each face's crop and the whole photo; with one cat in the photo both
+    # views are averaged, the most accurate rule on validation (see models/MODEL_CARD.md).
+    def breed_inputs(self, image: Image.Image, faces: list[Face]) -> np.ndarray:
+        """Classifier rows: one crop per face, then the whole photo."""
+        return np.stack([self.breed_input(image, face) for face in faces] + [self.breed_input(image)])
+
+    def face_breeds(self, probabilities: np.ndarray) -> list[list[tuple[str, float]]]:
+        """Breeds per face from the rows of breed_inputs."""
+        crops, whole = probabilities[:-1], probabilities[-1]
+        if len(crops) == 1:
+            return [self.breeds_from((crops[0] + whole) / 2)]
+        return [self.breeds_from(p) for p in crops]
+
+    @staticmethod
+    def photo_probabilities(probabilities: np.ndarray) -> np.ndarray:
+        """Breed probabilities of the whole photo from the rows of breed_inputs."""
+        crops, whole = probabilities[:-1], probabilities[-1]
+        return (crops[0] + whole) / 2 if len(crops) == 1 else whole
+
+    def photo_breeds(self, probabilities: np.ndarray) -> list[tuple[str, float]]:
+        return self.breeds_from(self.photo_probabilities(probabilities))
+
     # ---- synchronous batch API ---------------------------------------------------------------
     def detect(self, images: list[Image.Image], breeds: bool = True) -> list[list[Face]]:
         """Every cat face in each RGB photo, best first, with landmarks and (optionally) breeds."""
@@ -91,9 +113,14 @@ class CatFace:
             for (_, face), (_, matrix), out in zip(pairs, crops, points):
                 face.landmarks = self.landmarks_from(out, matrix)
             if breeds:
-                (probs,) = self.classifier.run(np.stack([self.breed_input(im, face) for im, face in pairs]))
-                for (_, face), p in zip(pairs, probs):
-                    face.breeds = self.breeds_from(p)
+                with_faces = [(im, faces) for im, faces in zip(images, found) if faces]
+                rows = [self.breed_inputs(im, faces) for im, faces in with_faces]
+                (probs,) = self.classifier.run(np.concatenate(rows))
+                start = 0
+                for (_, faces), r in zip(with_faces, rows):
+                    for face, breeds in zip(faces, self.face_breeds(probs[start : start + len(r)])):
+                        face.breeds = breeds
+                    start += len(r)
         return found
 
     def classify(self, images: list[Image.Image]) -> list[np.ndarray]:

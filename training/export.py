@@ -18,7 +18,7 @@ import torch
 
 from . import data
 from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
-from .train_detector import IOU_THRESHOLD, SCORE_THRESHOLD
+from .train_detector import IOU_THRESHOLD, SCORE_THRESHOLD, SERVE_INPUT
 from .train_landmarks import CROP_SCALE
 
 VERSION = "1.0.0"
@@ -33,13 +33,14 @@ def file_facts(path: Path) -> dict:
 
 
 def load_checkpoint(kind, path: Path):
-    """A trained model as shipped (eval mode; the landmarker averages with its mirror)."""
+    """A trained model as shipped (eval mode; landmarker and classifier average with the mirror)."""
     state = torch.load(path, map_location="cpu")
-    model = kind(EfficientNetLite0(), state["input"]) if kind is not CatBreedClassifier else kind(EfficientNetLite0())
+    size = SERVE_INPUT if kind is CatFaceDetector else state["input"]
+    model = kind(EfficientNetLite0(), size) if kind is not CatBreedClassifier else kind(EfficientNetLite0())
     model.load_state_dict(state["model"])
-    if kind is CatLandmarker:
+    if kind in (CatLandmarker, CatBreedClassifier):  # measured: mirror averaging does not help the detector
         model.flip_average = True
-    return model.eval(), state["input"]
+    return model.eval(), size
 
 
 def export_onnx(model: torch.nn.Module, size: int, outputs: list[str], path: Path) -> None:
