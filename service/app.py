@@ -16,17 +16,17 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Awaitable, Callable, TypeVar
+from typing import Annotated, Awaitable, Callable, TypeVar
 
-import numpy as np
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
-from . import __version__, artifacts, imaging, uploads
+from . import __version__, annotate, artifacts, imaging, page, uploads
 from .analysis import Analyzer
 from .artifacts import Artifacts
 from .batching import Batcher, DeadlineExceeded, QueueFull, Refused, ShuttingDown
@@ -41,6 +41,7 @@ from .runtime import ModelFileError
 from .schemas import LANDMARK_NAMES, BreedsResponse, DetectResponse, Health
 from .schemas import Problem as ProblemSchema
 from .schemas import breeds_out, face_out
+from .stickers import Sticker
 
 log = logging.getLogger("catface")
 T = TypeVar("T")
@@ -63,7 +64,7 @@ def _load(settings: Settings) -> tuple[CatFace, Artifacts]:
     if names != LANDMARK_NAMES:
         raise ModelFileError(f"the landmark model names {names}, the API promises {LANDMARK_NAMES}")
     for model in catface.models.values():  # the first run at a new batch size allocates: do it now
-        model.run(np.zeros((settings.max_batch_size, 3, *model.input_size), np.float32))
+        model.warm_up(settings.max_batch_size)
     return catface, Artifacts.load(settings.models_dir)
 
 
@@ -71,7 +72,11 @@ def _load(settings: Settings) -> tuple[CatFace, Artifacts]:
 async def lifespan(app: FastAPI):
     state, settings, metrics = app.state, app.state.settings, app.state.metrics
     imaging.configure(settings.max_pixels)
-    catface, state.artifacts = await asyncio.to_thread(_load, settings)
+    try:
+        catface, state.artifacts = await asyncio.to_thread(_load, settings)
+    except ModelFileError as exc:  # one plain line, above the traceback uvicorn logs next
+        log.error("cannot start: %s", exc)
+        raise
     batchers = {name: Batcher(name, model.run, max_batch_size=settings.max_batch_size,
                               max_wait_s=settings.max_wait_ms / 1000, queue_size=settings.queue_size,
                               observer=metrics.for_model(name))
@@ -100,8 +105,10 @@ async def lifespan(app: FastAPI):
 router = APIRouter()
 
 
-async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Awaitable[T]]) -> tuple[Photo, T]:
-    """Admission, upload, decoding and the analysis itself, under the request's deadline."""
+async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Awaitable[T]],
+                   keep_original: bool = False) -> tuple[Photo, T]:
+    """Admission, upload, decoding and the analysis itself, under the request's deadline.
+    `keep_original` keeps the full-size upright photo (Photo.original) for drawing on."""
     state, settings, metrics = request.app.state, request.app.state.settings, request.app.state.metrics
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.request_timeout_s
@@ -121,7 +128,8 @@ async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Aw
             except TimeoutError:
                 raise Problem(408, "upload-timeout", "the upload did not finish before the deadline") from None
             decode = partial(imaging.decode, data, max_bytes=settings.max_body_bytes,
-                             max_pixels=settings.max_pixels, decode_side=settings.decode_side)
+                             max_pixels=settings.max_pixels, decode_side=settings.decode_side,
+                             keep_original=keep_original)
             photo = await loop.run_in_executor(state.pixels, decode)
             del data, decode
             return photo, await _unless_gone(request, work(analyzer, photo, deadline), deadline, retry)
@@ -178,6 +186,44 @@ async def breeds(request: Request) -> BreedsResponse:
     return BreedsResponse(cat=result.cat, faces=result.faces, breeds=breeds_out(result.breeds))
 
 
+_IMAGE = {"schema": {"type": "string", "format": "binary"}}
+ANNOTATE_RESPONSES = {
+    200: {"description": "the upright photo at its own size with the faces drawn (box, landmarks 0-8 in the "
+                         "order of `Landmarks`, top breed) and the stickers; a photo without a cat face comes "
+                         "back with only a note drawn on it",
+          "content": {media_type: _IMAGE for media_type in annotate.MEDIA_TYPES},
+          "headers": {
+              "X-Catface-Faces": {"description": "how many cat faces were found", "schema": {"type": "integer"}},
+              "X-Catface-Stickers": {
+                  "description": "where each sticker was put, one item per face (RFC 8941 list): "
+                                 "`glasses;x=..;y=..;angle=..;width=..` with the sticker's centre (pixels), its "
+                                 "angle (degrees, clockwise on screen, 0 = eyes level) and width (pixels)",
+                  "schema": {"type": "string"}}}},
+    406: {"description": "the Accept header allows neither image/jpeg nor image/png", "content": PROBLEM_CONTENT},
+    **ANALYSIS_ERRORS,
+}
+
+
+@router.post("/annotate", response_class=Response, responses=ANNOTATE_RESPONSES, openapi_extra=uploads.OPENAPI_BODY,
+             summary="The photo with its cat faces drawn, and a sticker if asked", tags=["analysis"])
+async def annotate_photo(
+    request: Request,
+    sticker: Annotated[Sticker | None, Query(description="put this sticker on every face, placed by its landmarks")] = None,
+) -> Response:
+    media_type = annotate.negotiate(request.headers.get("accept"))
+    if media_type is None:  # refused before the upload is read
+        raise Problem(406, "not-acceptable", "/annotate answers image/jpeg or image/png; the Accept header "
+                                             "allows neither")
+    # The same intake and analysis as /detect; only the drawing is extra.
+    photo, faces = await _analyze(request, lambda a, p, d: a.detect(p, d), keep_original=True)
+    drawing = partial(annotate.render, photo.original, faces, sticker, media_type)
+    body, placements = await asyncio.get_running_loop().run_in_executor(request.app.state.pixels, drawing)
+    headers = {"X-Catface-Faces": str(len(faces)), "Vary": "Accept"}
+    if placements:
+        headers["X-Catface-Stickers"] = ", ".join(p.header() for p in placements)
+    return Response(body, media_type=media_type, headers=headers)
+
+
 # ---- health and metrics ----------------------------------------------------------------------
 @router.get("/livez", response_model=Health, tags=["operations"], summary="The process is alive")
 async def livez() -> Health:
@@ -215,7 +261,14 @@ async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == 304 or exc.status_code < 400:
         return Response(status_code=exc.status_code, headers=exc.headers)
-    return problem_response(exc.status_code, exc.detail, instance=request.url.path, headers=exc.headers,
+    headers = exc.headers
+    if exc.status_code == 405:
+        # Starlette names only the methods of the first route on the path; GET and HEAD of
+        # /models/{file} are two routes, so `Allow` missed GET. List every route's methods.
+        allowed = [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+                   if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in request.app.router.routes)]
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)} if allowed else headers
+    return problem_response(exc.status_code, exc.detail, instance=request.url.path, headers=headers,
                             request_id=_request_id(request))
 
 
@@ -245,6 +298,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.include_router(router)
     app.include_router(artifacts.router)
+    page.mount(app)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

@@ -9,6 +9,8 @@ Rules, in the order they are applied:
 - A JPEG much larger than the models need is decoded at 1/2, 1/4 or 1/8 scale by libjpeg
   (`draft`), keeping at least `decode_side` pixels on the longer side; other formats are
   box-reduced after decoding. Faces are found on the smaller image and scaled back (`Photo.scale`).
+  With `keep_original` (/annotate draws on the photo at its own size) the JPEG is decoded whole
+  and box-reduced like the others, and the full-size upright RGB is kept as `Photo.original`.
 - EXIF orientation is applied, so coordinates are those of the photo as a person sees it.
 - Every mode becomes 8-bit RGB: 16-bit is scaled (not clipped), CMYK converted, and
   transparency composited on white (a transparent background is not a dark cat).
@@ -42,6 +44,7 @@ class Photo:
     width: int          # upright size of the original, the coordinates answers are given in
     height: int
     format: str
+    original: Image.Image | None = None  # full-size upright RGB, only when asked for (keep_original)
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -71,7 +74,8 @@ def _too_large(detail: str) -> Problem:
     return Problem(413, "image-too-large", detail)
 
 
-def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 800) -> Photo:
+def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 800,
+           keep_original: bool = False) -> Photo:
     if not data:
         raise Problem(422, "empty-image", "the upload is empty")
     if len(data) > max_bytes:
@@ -86,6 +90,8 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 8
             raise Problem(422, "corrupt-image", f"the {sniffed} header cannot be read") from None
         found = f"a {sniffed} file" if sniffed else "not a recognised image"
         raise Problem(415, "unsupported-image-type", f"the upload is {found}; send JPEG, PNG or WebP") from None
+    except Exception:  # a known format whose header breaks its parser (OSError, struct.error...): was a 500
+        raise Problem(422, "corrupt-image", f"the {sniffed or 'image'} header cannot be read") from None
 
     width, height = image.size
     if width * height > max_pixels:
@@ -93,7 +99,7 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 8
     if min(width, height) < MIN_SIDE:
         raise Problem(422, "image-too-small", f"the image is {width}x{height}; both sides must be at least {MIN_SIDE} pixels")
 
-    if image.format == "JPEG" and max(width, height) >= 2 * decode_side:
+    if image.format == "JPEG" and max(width, height) >= 2 * decode_side and not keep_original:
         k = decode_side / max(width, height)
         image.draft(None, (math.ceil(width * k), math.ceil(height * k)))  # libjpeg DCT scaling: >= the asked size
     try:
@@ -109,11 +115,11 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 8
     if upright.size != image.size:  # a 90-degree EXIF rotation swaps the original's sides too
         width, height = height, width
 
-    rgb = to_rgb(upright)
+    original = rgb = to_rgb(upright)
     factor = max(rgb.size) // decode_side
     if factor >= 2:
         rgb = rgb.reduce(factor)
-    return Photo(rgb, width, height, image.format)
+    return Photo(rgb, width, height, image.format, original if keep_original else None)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
