@@ -11,6 +11,7 @@ ends the drain delay; a third Ctrl-C stops without waiting.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging.config
 import math
 import os
@@ -51,6 +52,19 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def fixed_mmap_threshold() -> None:
+    """glibc raises its mmap threshold after each large free, after which photo-sized buffers
+    come from the heap, which does not shrink: RSS stayed ~15% up after a burst of load. A fixed
+    threshold keeps them in mmap, given back to the system when freed. (Only on glibc; an
+    explicit MALLOC_MMAP_THRESHOLD_ wins.)"""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, glibc's initial value
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("CATFACE_HOST", "127.0.0.1"),
@@ -62,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
     except ValueError as exc:
         parser.error(str(exc))
+    fixed_mmap_threshold()
     log_config = logs.config(settings.log_level)
     logging.config.dictConfig(log_config)
     app = create_app(settings)

@@ -1,0 +1,27 @@
+"""Short, CI-sized runs of benchmarks/overload.py and benchmarks/soak.py against a real server on
+loopback, with the same pass rules as the long runs (whose results are kept in
+benchmarks/results/). One onnxruntime thread per model: the CI machine is small and shared."""
+from __future__ import annotations
+
+import json
+
+from benchmarks import overload, soak
+
+
+def _failed(report: dict) -> str:
+    shown = {k: v for k, v in report.items() if k not in ("machine", "models", "rss_mb")}
+    shown["rss_mb"] = {k: v for k, v in report["rss_mb"].items() if k != "series"}
+    return json.dumps(shown, indent=1)
+
+
+def test_overload_is_refused_fast_and_the_service_recovers(tmp_path):
+    report = overload.run(seconds=8, factor=4, threads=1, probe_seconds=3, baseline_seconds=4,
+                          recovery_seconds=5, idle_seconds=2, cats=12, dogs=4, log_path=tmp_path / "server.log")
+    assert report["passed"], _failed(report)
+    assert report["overload"]["refused"] > report["overload"]["accepted"], "4x the capacity was offered"
+
+
+def test_soak_of_mixed_uploads_has_no_5xx_and_no_memory_creep(tmp_path):
+    report = soak.run(seconds=25, threads=1, log_path=tmp_path / "server.log")
+    assert report["passed"], _failed(report)
+    assert report["by_status"].get("200", 0) > 100 and len(report["by_kind"]) >= 20
