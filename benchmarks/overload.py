@@ -107,6 +107,8 @@ def run(seconds: float = 60, factor: float = 4, threads: int = 2, probe_seconds:
             "accepted_rps": round(len(accepted) / seconds, 2),
             "accepted_latency_ms": latency_ms(accepted), "refused_latency_ms": refusal_p99 and latency_ms(refused),
             "refusals_by_type": {k: sum(slug(r) == k for r in refused) for k in sorted({slug(r) for r in refused})},
+            "refused_latency_ms_by_type": {k: latency_ms([r for r in refused if slug(r) == k])
+                                           for k in sorted({slug(r) for r in refused})},
             "refusals_without_retry_after": sum("retry-after" not in r.headers for r in refused),
             "other": {str(s): sum(r.status == s for r in over) for s in statuses if s not in (200, 503)},
         },

@@ -23,7 +23,10 @@ class Settings:
     max_wait_ms: float = 2.0        # longest wait for more rows, counted from the oldest queued item
     queue_size: int = 32            # queued requests per model before answering 503
     # Admission: bodies are read and decoded before they reach a queue, so bound them too.
-    max_inflight: int = 64          # concurrent /detect + /breeds requests before answering 503
+    # Concurrent /detect + /breeds requests before answering 503. At most queue_size: beyond it the
+    # surplus was uploaded and decoded only to find the detector's queue full (slow 503s, wasted CPU,
+    # and RSS that stayed up after a 4x overload).
+    max_inflight: int = 32
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000    # width x height of the stored image (decompression bombs)
     decode_side: int = 800          # JPEGs are decoded at reduced size, keeping this longer side
