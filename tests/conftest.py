@@ -3,10 +3,15 @@ its lifespan on an event loop in a background thread, driven over in-process HTT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
+import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -63,6 +68,46 @@ def ground_truth(relative: str) -> np.ndarray:
     """The 9 labelled points (x, y) of a Crawford photo."""
     values = data_file(relative + ".cat").read_text().split()
     return np.array(values[1:19], float).reshape(9, 2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def service_process(log_path: Path, **env):
+    """`python -m service` on a free loopback port (one onnxruntime thread, small batches), handed
+    out once /readyz says 200; stopped on exit if the test left it running. Yields (process, url)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CATFACE_THREADS": "1", "CATFACE_MAX_BATCH_SIZE": "4", **env}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not ready in 90 s:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
 
 
 def make_settings(**overrides) -> Settings:

@@ -8,16 +8,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import CATS, REPO, data_file, photo
-from .test_server import free_port
+from .conftest import CATS, REPO, data_file, photo, service_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 # No sandbox: CI runs as root in a container. The rest keeps Chromium off the network and quiet.
@@ -38,35 +34,9 @@ SHOWN = CATS[3]
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CATFACE_THREADS": "1", "CATFACE_MAX_BATCH_SIZE": "4",
-           "CATFACE_IMAGE_THREADS": "1"}
     log_path = tmp_path_factory.mktemp("browser") / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server was not ready in 90 s:\n{log_path.read_text()}")
-            time.sleep(0.2)
+    with service_process(log_path, CATFACE_IMAGE_THREADS="1") as (_, url):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def test_page_shows_the_annotated_photo_the_breeds_and_the_model_links(base, tmp_path):
