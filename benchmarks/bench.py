@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_models import haar_cascade, haar_faces  # noqa: E402
+from training.haar import haar_cascade, haar_faces  # noqa: E402
 from benchmarks.harness import (REPO, Server, closed_loop, latency_ms, machine, metric, model_versions,  # noqa: E402
                                 multipart, real_photos, request_bytes)
 from service import imaging  # noqa: E402

@@ -19,21 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.pipeline import load  # noqa: E402
-
-
-def haar_cascade():
-    """OpenCV's Haar cat-face cascade, the peer every benchmark compares with."""
-    import cv2
-
-    return cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalcatface_extended.xml")
-
-
-def haar_faces(cascade, rgb: np.ndarray):
-    """Boxes the cascade finds in an RGB photo, with the settings used in every comparison."""
-    import cv2
-
-    gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-    return cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=3, minSize=(24, 24))
+from training.haar import haar_cascade, haar_faces  # noqa: E402
 
 
 def median_ms(fn, repeats: int) -> float:
