@@ -146,7 +146,6 @@ class CatFaceDetector(nn.Module):
     def __init__(self, backbone: EfficientNetLite0, input_size: int = 192, width: int = 96):
         super().__init__()
         self.backbone = backbone
-        self.input_size = input_size
         self.lateral16 = nn.Conv2d(112, width, 1)
         self.context32 = nn.Sequential(dw_sep(112, 160, 3, stride=2), dw_sep(160, width))
         self.tower = nn.Sequential(dw_sep(width, width), dw_sep(width, width))
@@ -154,6 +153,12 @@ class CatFaceDetector(nn.Module):
         self.ltrb = nn.Conv2d(width, 4, 3, padding=1)
         # Prior: few cells hold a face; start scores low so the focal loss is stable.
         nn.init.constant_(self.score.bias, -4.6)
+        self.set_input_size(input_size)
+
+    def set_input_size(self, input_size: int) -> None:
+        """The net is fully convolutional; only the anchor grid depends on the input side
+        (training runs at one size, validation and serving at another)."""
+        self.input_size = input_size
         grid = input_size // self.STRIDE
         ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
         centres = torch.stack([xs, ys], -1).reshape(-1, 2).float().add(0.5).div(grid)
