@@ -65,6 +65,20 @@ def test_mirrored_photo_gives_mirrored_landmarks(catface):
     assert np.abs(back - face.landmarks).max() < 0.08 * side
 
 
+@pytest.mark.parametrize("name", CATS)
+def test_cat_on_its_back_gives_its_landmarks_turned_round(catface, name):
+    """A cat lying upside down (the photo turned 180 degrees) is still found, and its points turn
+    with it: the cat's own eyes keep their names, so the left_eye is now on the image's right."""
+    image = photo(name)
+    upright, turned = catface.detect([image, image.rotate(180)])
+    face, face_turned = upright[0], turned[0]  # the best face of each
+    back = np.array([image.width, image.height]) - face_turned.landmarks  # undo the half turn
+    side = max(face.box[2] - face.box[0], face.box[3] - face.box[1])
+    assert np.abs(back - face.landmarks).max() < 0.1 * side
+    left, right, mouth = eyes_and_mouth(face_turned)
+    assert left[0] > right[0] and min(left[1], right[1]) > mouth[1]
+
+
 def test_batch_rows_do_not_depend_on_batch_company(catface):
     images = [photo(n) for n in CATS + DOGS[:1]]
     together = catface.detect(images)
