@@ -80,7 +80,8 @@ def test_image_takes_runtime_dependencies_only():
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert not [d for d in deps if re.match(r"(torch|onnx\b|coremltools|opencv|pytest)", d)]
     ignored = (REPO / ".dockerignore").read_text().split()
-    assert ignored[ignored.index("*") + 1:][:4] == ["!pyproject.toml", "!service/", "!models/", "!docker/entrypoint.py"]
+    # the build context: the pinned runtime lock (checked in tests/test_lock.py), the service, the models
+    assert ignored[ignored.index("*") + 1:][:4] == ["!docker/requirements.lock", "!service/", "!models/", "!docker/entrypoint.py"]
 
 
 # ---- Kubernetes and compose --------------------------------------------------------------------
