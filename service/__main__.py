@@ -15,6 +15,7 @@ import ctypes
 import logging.config
 import math
 import os
+import socket
 import sys
 import time
 
@@ -23,6 +24,7 @@ import uvicorn
 from . import logs
 from .app import create_app
 from .config import Settings
+from .http11 import ProblemH11Protocol
 
 log = logging.getLogger("catface")
 
@@ -65,24 +67,39 @@ def fixed_mmap_threshold() -> None:
         pass
 
 
+def taken(host: str, port: int) -> str | None:
+    """Why the address cannot be listened on, or None when it can."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=os.environ.get("CATFACE_HOST", "127.0.0.1"),
-                        help="address to listen on (0.0.0.0 in a container); env CATFACE_HOST")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("CATFACE_PORT", "8000")),
-                        help="env CATFACE_PORT")
+    parser.add_argument("--host", help="address to listen on (0.0.0.0 in a container); default CATFACE_HOST or 127.0.0.1")
+    parser.add_argument("--port", type=int, help="default CATFACE_PORT or 8000")
     args = parser.parse_args(argv)
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
     except ValueError as exc:
         parser.error(str(exc))
+    port_taken = taken(settings.host, settings.port)
+    if port_taken:  # say so now, not after loading the models
+        parser.exit(3, f"cannot listen on {settings.host}:{settings.port}: {port_taken}\n")
     fixed_mmap_threshold()
     log_config = logs.config(settings.log_level)
     logging.config.dictConfig(log_config)
+    logging.captureWarnings(True)  # library warnings (Pillow's on odd EXIF) as JSON lines, rate-limited
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, lifespan="on", log_config=log_config, access_log=False,
-        server_header=False,
+        app, host=settings.host, port=settings.port, lifespan="on", log_config=log_config, access_log=False,
+        server_header=False, http=ProblemH11Protocol,
+        # X-Forwarded-* only from the configured proxies: a direct client could claim any address.
+        proxy_headers=bool(settings.forwarded_allow_ips), forwarded_allow_ips=settings.forwarded_allow_ips or None,
         # A stuck request must not hold the shutdown forever: after its deadline it is abandoned anyway.
         timeout_graceful_shutdown=math.ceil(settings.request_timeout_s) + 5,
     )

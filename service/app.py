@@ -48,9 +48,13 @@ T = TypeVar("T")
 
 ANALYSIS_ERRORS = {
     400: {"description": "malformed multipart body", "content": PROBLEM_CONTENT},
-    413: {"description": "body or image too large (bytes or pixels)", "content": PROBLEM_CONTENT},
+    408: {"description": "the upload was too slow (whole body within CATFACE_UPLOAD_TIMEOUT_S, and at least "
+                         "CATFACE_MIN_UPLOAD_RATE bytes/s after the first seconds)", "content": PROBLEM_CONTENT},
+    413: {"description": "body or image too large: bytes, pixels, decoding memory or (JPEG) scans x pixels",
+          "content": PROBLEM_CONTENT},
     415: {"description": "not JPEG, PNG or WebP, or a wrong content type", "content": PROBLEM_CONTENT},
-    422: {"description": "empty, corrupt or tiny image, or no `image` field", "content": PROBLEM_CONTENT},
+    422: {"description": "empty, corrupt, tiny or absurdly elongated image, or no `image` field",
+          "content": PROBLEM_CONTENT},
     503: {"description": "overloaded, queue full, deadline passed, or not ready; see Retry-After",
           "content": PROBLEM_CONTENT},
 }
@@ -59,7 +63,7 @@ REFUSALS = {QueueFull: "queue-full", DeadlineExceeded: "deadline-exceeded", Shut
 
 # ---- start-up and shutdown -------------------------------------------------------------------
 def _load(settings: Settings) -> tuple[CatFace, Artifacts]:
-    catface = load_pipeline(settings.models_dir, settings.threads or None)
+    catface = load_pipeline(settings.models_dir, settings.threads or None, settings.cpu_arena)
     names = tuple(catface.landmarker.entry.get("landmark_names", ()))
     if names != LANDMARK_NAMES:
         raise ModelFileError(f"the landmark model names {names}, the API promises {LANDMARK_NAMES}")
@@ -107,31 +111,37 @@ router = APIRouter()
 
 async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Awaitable[T]],
                    keep_original: bool = False) -> tuple[Photo, T]:
-    """Admission, upload, decoding and the analysis itself, under the request's deadline.
-    `keep_original` keeps the full-size upright photo (Photo.original) for drawing on."""
+    """Upload, admission, decoding and the analysis itself. The body is read first (bounded by
+    uploads: bytes, time, rate, shared budget), so only requests with a whole photo take one of
+    the max_inflight slots; the deadline of decode + analysis starts once the body is in.
+    `keep_original` keeps the upright photo (Photo.original) for drawing on."""
     state, settings, metrics = request.app.state, request.app.state.settings, request.app.state.metrics
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.request_timeout_s
     retry = {"Retry-After": str(settings.retry_after_s)}
+    upload = uploads.Upload(request, state.upload_limits, state.upload_budget, settings.retry_after_s)
     try:
-        analyzer: Analyzer | None = getattr(state, "analyzer", None)
+        analyzer: Analyzer | None = state.analyzer
         if analyzer is None or not state.ready:  # (still served while draining: the balancer may lag)
             raise Problem(503, "not-ready", "the models are not loaded yet", headers=retry)
+        data = await uploads.read_image(upload)
         if state.inflight >= settings.max_inflight:
             raise Problem(503, "overloaded", f"{settings.max_inflight} requests are already in flight", headers=retry)
         state.inflight += 1
         metrics.inflight.inc()
         try:
+            deadline = loop.time() + settings.request_timeout_s
+            decode = partial(imaging.decode, data, max_bytes=settings.max_body_bytes, max_pixels=settings.max_pixels,
+                             decode_side=settings.decode_side, keep_original=keep_original,
+                             original_side=settings.annotate_max_side, max_decode_bytes=settings.max_decode_bytes,
+                             max_scan_work=settings.max_jpeg_scan_work)
             try:
                 async with asyncio.timeout_at(deadline):
-                    data = await uploads.read_image(request, settings.max_body_bytes)
-            except TimeoutError:
-                raise Problem(408, "upload-timeout", "the upload did not finish before the deadline") from None
-            decode = partial(imaging.decode, data, max_bytes=settings.max_body_bytes,
-                             max_pixels=settings.max_pixels, decode_side=settings.decode_side,
-                             keep_original=keep_original)
-            photo = await loop.run_in_executor(state.pixels, decode)
+                    photo = await loop.run_in_executor(state.pixels, decode)
+            except TimeoutError:  # the decode thread finishes on its own: its work is bounded by imaging
+                raise Problem(503, "deadline-exceeded", "the photo was not decoded before the deadline",
+                              headers=retry) from None
             del data, decode
+            upload.release()
             return photo, await _unless_gone(request, work(analyzer, photo, deadline), deadline, retry)
         finally:
             state.inflight -= 1
@@ -142,6 +152,8 @@ async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Aw
     except Problem as exc:
         metrics.rejections.labels(exc.slug).inc()
         raise
+    finally:
+        upload.release()
 
 
 async def _unless_gone(request: Request, work: Awaitable[T], deadline: float, retry: dict) -> T:
@@ -188,7 +200,8 @@ async def breeds(request: Request) -> BreedsResponse:
 
 _IMAGE = {"schema": {"type": "string", "format": "binary"}}
 ANNOTATE_RESPONSES = {
-    200: {"description": "the upright photo at its own size with the faces drawn (box, landmarks 0-8 in the "
+    200: {"description": "the upright photo (reduced to at most CATFACE_ANNOTATE_MAX_SIDE pixels, 2048 by "
+                         "default, on its longer side) with the faces drawn (box, landmarks 0-8 in the "
                          "order of `Landmarks`, top breed) and the stickers; a photo without a cat face comes "
                          "back with only a note drawn on it",
           "content": {media_type: _IMAGE for media_type in annotate.MEDIA_TYPES},
@@ -216,7 +229,9 @@ async def annotate_photo(
                                              "allows neither")
     # The same intake and analysis as /detect; only the drawing is extra.
     photo, faces = await _analyze(request, lambda a, p, d: a.detect(p, d), keep_original=True)
-    drawing = partial(annotate.render, photo.original, faces, sticker, media_type)
+    # Faces come in the original's pixels; the drawing is on the photo reduced to annotate_max_side.
+    sx, sy = photo.original.width / photo.width, photo.original.height / photo.height
+    drawing = partial(annotate.render, photo.original, [f.scaled(sx, sy) for f in faces], sticker, media_type)
     body, placements = await asyncio.get_running_loop().run_in_executor(request.app.state.pixels, drawing)
     headers = {"X-Catface-Faces": str(len(faces)), "Vary": "Accept"}
     if placements:
@@ -284,13 +299,16 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     app = FastAPI(
-        title="catface", version=__version__, lifespan=lifespan, redoc_url=None,
+        title="catface", version=__version__, lifespan=lifespan, redoc_url=None, docs_url=None,
         summary="Finds cat faces in photos: box, 9 landmarks and breeds; serves the models for on-device use.",
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.ready = app.state.draining = False
     app.state.inflight = 0
+    app.state.upload_limits = uploads.UploadLimits(settings.max_body_bytes, settings.upload_timeout_s,
+                                                   settings.min_upload_rate, settings.upload_grace_s)
+    app.state.upload_budget = uploads.UploadBudget(settings.max_upload_buffer_bytes)
     app.state.analyzer = app.state.artifacts = None
     app.add_middleware(RequestContext, metrics=app.state.metrics)
     app.add_exception_handler(Problem, _on_problem)

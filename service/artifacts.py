@@ -51,7 +51,10 @@ def _artifacts(request: Request) -> Artifacts:
 @router.get("/models", response_model=ModelsResponse, summary="The model manifest, with download URLs")
 async def list_models(request: Request) -> ModelsResponse:
     artifacts = _artifacts(request)
-    return ModelsResponse(models=[{**entry, "url": str(request.url_for("model_file", file=entry["file"]))}
+    # The path alone, or under the configured public URL: never built from the Host header,
+    # which any client can set (a cache in front would hand the forged links to everyone).
+    base = request.app.state.settings.public_url.rstrip("/")
+    return ModelsResponse(models=[{**entry, "url": base + request.app.url_path_for("model_file", file=entry["file"])}
                                   for entry in artifacts.entries])
 
 

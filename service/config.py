@@ -27,17 +27,36 @@ class Settings:
     # surplus was uploaded and decoded only to find the detector's queue full (slow 503s, wasted CPU,
     # and RSS that stayed up after a 4x overload).
     max_inflight: int = 32
+    # Uploads are read before admission (a slow client holds no in-flight slot), so they are
+    # bounded on their own: bytes each, bytes all together, and time.
     max_body_bytes: int = 20 * 1024 * 1024
+    max_upload_buffer_bytes: int = 96 * 1024 * 1024  # all bodies being received at once; beyond: 503
+    upload_timeout_s: float = 30.0  # the whole body must arrive within this (408)
+    min_upload_rate: int = 16 * 1024  # bytes/s on average once upload_grace_s has passed (408)
+    upload_grace_s: float = 2.0
+    # Decoding: refused from the header, before any pixel work, when it would cost too much.
     max_pixels: int = 50_000_000    # width x height of the stored image (decompression bombs)
+    max_decode_bytes: int = 100 * 1024 * 1024  # memory the decoder would fill for one image (413)
+    max_jpeg_scan_work: int = 250   # JPEG scans x megapixels (~2 ms of CPU each): scan-repeat bombs (413)
     decode_side: int = 800          # JPEGs are decoded at reduced size, keeping this longer side
-    request_timeout_s: float = 10.0  # deadline of a request from arrival; late work is dropped
+    annotate_max_side: int = 2048   # /annotate draws on (and returns) the photo reduced to this longer side
+    request_timeout_s: float = 10.0  # deadline of decode + analysis, from the end of the upload
     retry_after_s: int = 1          # Retry-After of 503 answers
     # CPU.
     threads: int = 0                # onnxruntime intra-op threads per model; 0 = onnxruntime's default
+    cpu_arena: bool = True          # onnxruntime's memory arena (keeps peak activations resident)
     image_threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # decode and crop workers
     # Process.
     drain_s: float = 0.0            # after SIGTERM, keep serving with /readyz 503 this long before stopping
     log_level: str = "info"
+    host: str = "127.0.0.1"         # `python -m service` listens here (0.0.0.0 in a container)
+    port: int = 8000
+    # Links in GET /models: relative paths unless a public base URL is set (the Host header is
+    # the client's to choose, so it never goes into a URL).
+    public_url: str = ""
+    # X-Forwarded-For/-Proto are believed only from these proxy addresses (comma-separated);
+    # empty = never (the default: a direct client could claim any address).
+    forwarded_allow_ips: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
@@ -51,10 +70,12 @@ class Settings:
         return cls(**values).checked()
 
     def checked(self) -> "Settings":
-        positive = ["max_batch_size", "queue_size", "max_inflight", "max_body_bytes", "max_pixels",
-                    "decode_side", "request_timeout_s", "image_threads"]
+        positive = ["max_batch_size", "queue_size", "max_inflight", "max_body_bytes", "max_upload_buffer_bytes",
+                    "upload_timeout_s", "max_pixels", "max_decode_bytes", "max_jpeg_scan_work", "decode_side",
+                    "annotate_max_side", "request_timeout_s", "image_threads", "port"]
         bad = [name for name in positive if getattr(self, name) <= 0]
-        bad += [name for name in ("max_wait_ms", "threads", "drain_s", "retry_after_s") if getattr(self, name) < 0]
+        bad += [name for name in ("max_wait_ms", "threads", "drain_s", "retry_after_s", "min_upload_rate",
+                                  "upload_grace_s") if getattr(self, name) < 0]
         if bad:
             raise ValueError(f"settings out of range: {', '.join(PREFIX + b.upper() for b in bad)}")
         return self
@@ -69,6 +90,10 @@ def _parse(f: dataclasses.Field, raw: str):
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError
+            return raw.lower() in ("1", "true", "yes", "on")
         return raw
     except ValueError:
         raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind}") from None

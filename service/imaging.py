@@ -3,14 +3,20 @@
 Rules, in the order they are applied:
 - Only JPEG, PNG and WebP decoders are ever run (415 otherwise; GIF, animated or not, is 415).
   Animated PNG/WebP are legal still formats: the first frame is used, as a viewer shows it.
-- The stored size is checked from the header before any pixel is decoded: more than
-  `max_pixels` is a decompression bomb (413), less than MIN_SIDE on a side is refused (422).
-  Pillow's own limit is set to the same number and its warning made an error (`configure`).
+- The decoding work is bounded from the header, before any pixel is decoded (413 otherwise):
+  more than `max_pixels` is a decompression bomb; the memory the decoder would fill
+  (`decode_bytes`: progressive JPEG keeps every coefficient of the full-size image) is at most
+  `max_decode_bytes`; a JPEG's scans x megapixels (each scan is a pass over the whole image: a
+  300 KB progressive JPEG repeating its last scan 1,500 times took a minute) at most
+  `max_scan_work`. Less than MIN_SIDE on a side, or a longer side over MAX_ASPECT times the
+  shorter, is refused (422). Pillow's own pixel limit is the same number and its warning an
+  error (`configure`). So one decode costs at most ~0.5 s of CPU and 100 MiB, and the image
+  thread pool bounds how many run at once.
 - A JPEG much larger than the models need is decoded at 1/2, 1/4 or 1/8 scale by libjpeg
   (`draft`), keeping at least `decode_side` pixels on the longer side; other formats are
-  box-reduced after decoding. Faces are found on the smaller image and scaled back (`Photo.scale`).
-  With `keep_original` (/annotate draws on the photo at its own size) the JPEG is decoded whole
-  and box-reduced like the others, and the full-size upright RGB is kept as `Photo.original`.
+  box-reduced right after decoding, before conversion or rotation. Faces are found on the
+  smaller image and scaled back (`Photo.scale`). With `keep_original` (/annotate draws on the
+  photo) `Photo.original` is the upright RGB photo reduced the same way to `original_side`.
 - EXIF orientation is applied, so coordinates are those of the photo as a person sees it.
 - Every mode becomes 8-bit RGB: 16-bit is scaled (not clipped), CMYK converted, and
   transparency composited on white (a transparent background is not a dark cat).
@@ -29,6 +35,7 @@ from .problems import Problem
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 MIN_SIDE = 16  # below this no cat face can be told apart; such uploads are mistakes or probes
+MAX_ASPECT = 20  # longer side / shorter side: wider than any panorama; beyond, a probe (16x3,000,000)
 
 # Magic numbers of the allowed formats (to tell "corrupt JPEG" from "not an image") and of
 # formats people commonly send by mistake (to name them in the 415).
@@ -74,8 +81,34 @@ def _too_large(detail: str) -> Problem:
     return Problem(413, "image-too-large", detail)
 
 
+_BYTES_PER_BAND = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
+_REDUCIBLE = {"L", "LA", "RGB", "RGBA", "I", "F"}  # modes Image.reduce takes as they are
+# EXIF orientation -> the transpose that makes the photo upright (as ImageOps.exif_transpose does).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def decode_bytes(image: Image.Image, full_size: tuple[int, int], scans: int) -> int:
+    """Memory the decoder fills for this (possibly drafted) image, estimated from its header.
+    Progressive JPEG keeps every DCT coefficient of the full-size image (2 bytes each) whatever
+    the draft; other formats decode whole, and modes that cannot be reduced as they are get
+    converted at full size first (4 more bytes a pixel)."""
+    w, h = image.size
+    stored = w * h * len(image.getbands()) * _BYTES_PER_BAND.get(image.mode, 1)
+    if image.format == "JPEG":
+        coefficients = full_size[0] * full_size[1] * len(image.getbands()) * 2 if image.info.get("progressive") else 0
+        return stored + coefficients
+    return stored + (0 if image.mode in _REDUCIBLE else w * h * 4)
+
+
 def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 800,
-           keep_original: bool = False) -> Photo:
+           keep_original: bool = False, original_side: int = 2048,
+           max_decode_bytes: int = 100 * 1024 * 1024, max_scan_work: int = 250) -> Photo:
+    """Bytes -> Photo, refusing from the header whatever would cost too much to decode: more
+    pixels than max_pixels, more memory than max_decode_bytes, or (JPEG) more scans x megapixels
+    than max_scan_work. With keep_original, Photo.original is the upright photo reduced to at
+    most original_side on its longer side (what /annotate draws on)."""
     if not data:
         raise Problem(422, "empty-image", "the upload is empty")
     if len(data) > max_bytes:
@@ -98,10 +131,22 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 8
         raise _too_large(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
     if min(width, height) < MIN_SIDE:
         raise Problem(422, "image-too-small", f"the image is {width}x{height}; both sides must be at least {MIN_SIDE} pixels")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise Problem(422, "image-shape", f"the image is {width}x{height}; the longer side may be at most "
+                                          f"{MAX_ASPECT} times the shorter")
 
-    if image.format == "JPEG" and max(width, height) >= 2 * decode_side and not keep_original:
-        k = decode_side / max(width, height)
+    scans = data.count(b"\xff\xda") if image.format == "JPEG" else 0  # 0xFFDA = start of scan (never inside coded data)
+    if scans * width * height > max_scan_work * 1_000_000:
+        raise _too_large(f"the JPEG has {scans} scans over {width}x{height} pixels: more decoding work than "
+                         f"{max_scan_work} scan-megapixels")
+    side = original_side if keep_original else decode_side
+    if image.format == "JPEG" and max(width, height) >= 2 * side:
+        k = side / max(width, height)
         image.draft(None, (math.ceil(width * k), math.ceil(height * k)))  # libjpeg DCT scaling: >= the asked size
+    needed = decode_bytes(image, (width, height), scans)
+    if needed > max_decode_bytes:
+        raise _too_large(f"decoding the {width}x{height} {image.format} would take {needed >> 20} MiB; "
+                         f"the limit is {max_decode_bytes >> 20} MiB")
     try:
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -109,17 +154,38 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 8
     except Exception as exc:  # Pillow signals broken data with many types (OSError, SyntaxError, ValueError...)
         raise Problem(422, "corrupt-image", f"the {image.format} data cannot be decoded (truncated or corrupt)") from exc
     try:
-        upright = ImageOps.exif_transpose(image)
+        turn = _UPRIGHT.get(image.getexif().get(0x0112))
     except Exception:  # a malformed EXIF block should not cost the user the photo: keep it as stored
-        upright = image
-    if upright.size != image.size:  # a 90-degree EXIF rotation swaps the original's sides too
+        turn = None
+    if turn in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90,
+                Image.Transpose.ROTATE_270):  # a 90-degree EXIF rotation swaps the original's sides too
         width, height = height, width
 
-    original = rgb = to_rgb(upright)
-    factor = max(rgb.size) // decode_side
-    if factor >= 2:
-        rgb = rgb.reduce(factor)
-    return Photo(rgb, width, height, image.format, original if keep_original else None)
+    # Reduce before anything else touches every pixel (conversion, rotation): the big image is
+    # read once. `original` keeps up to original_side, `image` up to decode_side.
+    fmt = image.format
+    original = _upright_rgb(_reduced(image, original_side, at_most=True), turn) if keep_original else None
+    rgb = _upright_rgb(_reduced(image, decode_side), turn) if original is None else _reduced(original, decode_side)
+    return Photo(rgb, width, height, fmt, original)
+
+
+def _reduced(image: Image.Image, side: int, at_most: bool = False) -> Image.Image:
+    """Box-reduced by a whole factor so that the longer side stays >= side (at_most: <= side)."""
+    factor = -(-max(image.size) // side) if at_most else max(image.size) // side
+    if factor < 2:
+        return image
+    if image.mode not in _REDUCIBLE:
+        image = to_rgb(image)
+    return image.reduce(factor)
+
+
+def _upright_rgb(image: Image.Image, turn) -> Image.Image:
+    rgb = to_rgb(image)
+    return rgb.transpose(turn) if turn is not None else rgb
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -130,8 +196,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "L")
     if image.mode == "RGB":
         return image
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
+    if _has_alpha(image):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")

@@ -7,6 +7,8 @@ client's disconnect from the routes.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -33,7 +35,8 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = given if _VALID_ID.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         token = logs.request_id.set(rid)
@@ -48,7 +51,24 @@ class RequestContext:
             await send(message)
 
         try:
+            if b"content-length" in headers and b"transfer-encoding" in headers:
+                # RFC 9112 6.3: a sign of request smuggling; refuse it and close the connection.
+                response = problem_response(400, "the request has both Content-Length and Transfer-Encoding",
+                                            slug="ambiguous-length", instance=scope["path"], request_id=rid,
+                                            headers={"Connection": "close"})
+                await response(scope, receive, send_with_id)
+                return
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # The server gave up on this request (shutdown past its grace time): answer in our own
+            # shape if nothing was sent yet, rather than the server's text/plain 500.
+            if status is None:
+                response = problem_response(503, "the service is shutting down", slug="shutting-down",
+                                            instance=scope["path"], request_id=rid,
+                                            headers={"Retry-After": "1", "Connection": "close"})
+                with contextlib.suppress(Exception):
+                    await response(scope, receive, send_with_id)
+            raise
         except Exception:
             log.exception("unhandled error in %s %s", scope["method"], scope["path"])
             if status is not None:

@@ -129,6 +129,6 @@ class CatFace:
         return list(probs)
 
 
-def load(models_dir: Path = DEFAULT_MODELS_DIR, threads: int | None = None) -> CatFace:
+def load(models_dir: Path = DEFAULT_MODELS_DIR, threads: int | None = None, arena: bool = True) -> CatFace:
     """The Python API: `load(models_dir).detect([PIL RGB images])` -> faces per photo."""
-    return CatFace(load_models(models_dir, threads))
+    return CatFace(load_models(models_dir, threads, arena))

@@ -40,8 +40,11 @@ def verified_path(models_dir: Path, entry: dict) -> Path:
 class OnnxModel:
     """One ONNX graph: raw RGB NCHW float32 in, the manifest's named outputs out."""
 
-    def __init__(self, entry: dict, path: Path, threads: int | None = None):
+    def __init__(self, entry: dict, path: Path, threads: int | None = None, arena: bool = True):
         options = ort.SessionOptions()
+        # onnxruntime's CPU arena keeps the largest activations it ever held; without it, memory
+        # goes back after each run (the server's choice, from benchmarks/memory.py).
+        options.enable_cpu_mem_arena = arena
         # Memory patterns are planned and kept per input shape, so the arena grew with every new
         # batch size met in traffic (+40% RSS after start-up); without them, the warm-up below
         # reaches the steady footprint before the service reports ready.
@@ -68,13 +71,14 @@ class OnnxModel:
             self.run(np.zeros((rows, 3, *self.input_size), np.float32))
 
 
-def load_models(models_dir: Path = DEFAULT_MODELS_DIR, threads: int | None = None) -> dict[str, OnnxModel]:
+def load_models(models_dir: Path = DEFAULT_MODELS_DIR, threads: int | None = None,
+                arena: bool = True) -> dict[str, OnnxModel]:
     """All ONNX models of the manifest by name, each checked and warmed up once."""
     manifest = read_manifest(models_dir)
     models = {}
     for entry in manifest["models"]:
         if entry["format"] == "onnx":
-            models[entry["name"]] = OnnxModel(entry, verified_path(models_dir, entry), threads)
+            models[entry["name"]] = OnnxModel(entry, verified_path(models_dir, entry), threads, arena)
             models[entry["name"]].warm_up()
     missing = {"catface", "catlandmarks", "catbreeds"} - models.keys()
     if missing:

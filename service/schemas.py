@@ -61,7 +61,8 @@ class ModelEntry(BaseModel):
     version: str
     sha256: str
     bytes: int
-    url: str = Field(description="where to download the file (GET /models/{file})")
+    url: str = Field(description="where to download the file (GET /models/{file}): a path on this service, "
+                                 "or a full URL under CATFACE_PUBLIC_URL when that is set")
     inputs: list[dict] = []
     outputs: list[dict] = []
     labels: list[str] | None = None

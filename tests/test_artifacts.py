@@ -26,7 +26,16 @@ def test_listing_is_the_manifest_with_urls(live):
     assert [m["file"] for m in body["models"]] == [m["file"] for m in MANIFEST["models"]]
     for listed, entry in zip(body["models"], MANIFEST["models"]):
         assert {k: listed[k] for k in entry} == entry, "every manifest field passes through"
-        assert listed["url"] == f"http://catface/models/{entry['file']}"
+        assert listed["url"] == f"/models/{entry['file']}"  # relative: never from the Host header
+
+
+def test_listing_uses_the_configured_public_url():
+    app = LiveApp(make_settings(public_url="https://cats.example/api/"))
+    try:
+        urls = [m["url"] for m in app.get("/models").json()["models"]]
+    finally:
+        app.close()
+    assert urls and all(u.startswith("https://cats.example/api/models/") for u in urls)
 
 
 def test_every_listed_url_downloads_its_file_intact(live):
@@ -169,7 +178,7 @@ def test_new_manifest_entries_are_served_without_code_changes(tmp_path):
     live = LiveApp(make_settings(models_dir=tmp_path))
     try:
         listed = [m for m in live.get("/models").json()["models"] if m["file"] == EXTRA]
-        assert [m["url"] for m in listed] == [f"http://catface/models/{EXTRA}"]
+        assert [m["url"] for m in listed] == [f"/models/{EXTRA}"]
         assert live.get(f"/models/{EXTRA}").content == blob
         assert live.get(f"/models/{EXTRA}", headers={"range": "bytes=-10"}).content == blob[-10:]
     finally:

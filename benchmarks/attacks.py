@@ -1,0 +1,248 @@
+"""Hostile clients against a real `python -m service`, with honest clients probing meanwhile.
+
+Each attack runs for a while against the server with its default settings while an honest
+client sends one cat photo to POST /detect every second. An attack passes when
+
+- every attack request gets a 4xx problem+json (never a 5xx, never a dropped connection), and
+  fast: within ATTACK_ANSWER_S of its last byte sent;
+- at least PROBE_SHARE of the honest probes get a 200 within the request deadline;
+- the server's peak RSS (VmHWM) stays under --memory-limit-mb.
+
+Attacks (each reproduces a finding of issue 14):
+  decode-bomb     2 progressive 7000x7000 JPEGs whose last scan is repeated 1,500 times (~300 KB)
+  slow-upload     32 connections sending a body at 2 bytes/s
+  pixel-bomb      8 concurrent RGBA PNGs of 7000x7000 (~200 KB each)
+  annotate-bomb   16 concurrent tiny truncated JPEGs declaring 7000x7000, to /annotate
+  thin-annotate   a PNG of 16x3,000,000 to /annotate
+  big-uploads     4 concurrent 19 MB uploads (bodies must not go to the 64 MiB /tmp)
+  burst           64 concurrent honest /detect (memory)
+
+    python benchmarks/attacks.py [--attack NAME ...] [--seconds 12] [--memory-limit-mb 1024]
+
+Writes benchmarks/results/attacks-<date>.json. tests/test_attacks.py runs each in CI.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import io
+import json
+import sys
+import time
+import zlib
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.harness import HOST, REPO, Server, multipart, real_photos, request_bytes, send_once
+
+ATTACK_ANSWER_S = 5.0   # an attack is refused within this of its last byte
+PROBE_SHARE = 0.9       # honest probes answered 200 within the deadline
+PROBE_DEADLINE_S = 10.0  # the service's request deadline
+RESULTS = REPO / "benchmarks" / "results"
+
+
+# ---- the hostile payloads ---------------------------------------------------------------------
+def decode_bomb(side: int = 7000, repeats: int = 1500) -> bytes:
+    """A smooth progressive JPEG whose last (tiny) scan is repeated: each copy is another pass
+    over every coefficient of the image."""
+    gradient = np.linspace(60, 200, side // 8, dtype=np.float32)
+    small = Image.fromarray(np.add.outer(gradient, gradient / 4).astype(np.uint8)).convert("RGB")
+    out = io.BytesIO()
+    small.resize((side, side), Image.BILINEAR).save(out, "JPEG", progressive=True, quality=70)
+    data = out.getvalue()
+    last_scan = data[data.rfind(b"\xff\xda"):-2]
+    return data[:-2] + last_scan * repeats + b"\xff\xd9"
+
+
+def _png(width: int, height: int, bit_depth: int, color_type: int, row_bytes: int) -> bytes:
+    """A PNG of all-zero rows, compressed row by row (a bomb costs little to make)."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+    z = zlib.compressobj(9)
+    row = b"\x00" * (1 + row_bytes)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([bit_depth, color_type, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def pixel_bomb(side: int = 7000) -> bytes:
+    return _png(side, side, 8, 6, side * 4)  # RGBA: 196 MB of pixels in ~200 KB
+
+
+def thin_png(width: int = 16, height: int = 3_000_000) -> bytes:
+    return _png(width, height, 1, 0, (width + 7) // 8)  # 1-bit grey: 48 megapixels, one pixel wide each row
+
+
+def truncated_jpeg(side: int = 7000, keep: int = 692) -> bytes:
+    """The first bytes of a big JPEG: a header declaring side x side, almost no data."""
+    out = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 120, 120)).save(out, "JPEG", quality=50)
+    return out.getvalue()[:keep]
+
+
+def big_upload(photo: bytes, size: int = 19 * 1024 * 1024) -> bytes:
+    """A real JPEG padded after its end marker to `size` bytes (decoders stop at the marker)."""
+    return photo + b"\x00" * (size - len(photo))
+
+
+# ---- clients ----------------------------------------------------------------------------------
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+    body = await reader.readexactly(int(headers.get("content-length", "0"))) if "content-length" in headers else b""
+    return int(status_line.split(" ", 2)[1]), headers, body
+
+
+async def post(port: int, path: str, data: bytes, content_type: str = "image/jpeg", timeout: float = 60) -> dict:
+    """One upload on its own connection: its status, type and seconds from the last byte sent."""
+    raw = request_bytes("POST", path, data, content_type, {"Connection": "close"})
+    started = time.perf_counter()
+    try:
+        status, headers, _ = await send_once(port, raw, timeout)
+        return {"status": status, "type": headers.get("content-type", ""), "seconds": time.perf_counter() - started}
+    except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+        return {"status": None, "error": type(exc).__name__, "seconds": time.perf_counter() - started}
+
+
+async def slow_upload(port: int, declared: int = 200_000, rate: float = 2.0, timeout: float = 60) -> dict:
+    """Headers, then a body trickled at `rate` bytes/s until the server answers or closes."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    started = time.perf_counter()
+    writer.write(request_bytes("POST", "/detect", b"", "image/jpeg")
+                 .replace(b"Content-Length: 0", f"Content-Length: {declared}".encode()))
+    answer = asyncio.ensure_future(_answer(reader))
+    try:
+        async with asyncio.timeout(timeout):
+            while not answer.done():
+                writer.write(b"\xff\xd8"[: max(1, int(rate))])
+                await writer.drain()
+                await asyncio.wait({answer}, timeout=1.0)
+            status, headers, _ = answer.result()
+        # The answer came while we were still sending: "seconds" counts from the last byte sent.
+        return {"status": status, "type": headers.get("content-type", ""), "seconds": 0.0,
+                "total_seconds": time.perf_counter() - started}
+    except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+        return {"status": None, "error": type(exc).__name__, "seconds": time.perf_counter() - started}
+    finally:
+        answer.cancel()
+        writer.close()
+
+
+async def probes(port: int, photo: bytes, stop: asyncio.Event) -> list[dict]:
+    """An honest client: one /detect a second, each on its own connection, until `stop`."""
+    body, content_type = multipart(photo)
+    tasks = []
+    while not stop.is_set():
+        tasks.append(asyncio.ensure_future(post(port, "/detect", body, content_type, timeout=PROBE_DEADLINE_S + 5)))
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except TimeoutError:
+            pass
+    return list(await asyncio.gather(*tasks))
+
+
+# ---- one attack -------------------------------------------------------------------------------
+def attack_jobs(name: str, port: int, photos: list[bytes]):
+    """(coroutines of the attack, whether its requests must be refused with a 4xx)."""
+    jpeg = "image/jpeg"
+    if name == "decode-bomb":
+        bomb = decode_bomb()
+        return [post(port, "/detect", bomb, jpeg) for _ in range(2)], True
+    if name == "slow-upload":
+        return [slow_upload(port) for _ in range(32)], True
+    if name == "pixel-bomb":
+        bomb = pixel_bomb()
+        return [post(port, "/detect", bomb, "image/png") for _ in range(8)], True
+    if name == "annotate-bomb":
+        bomb = truncated_jpeg()
+        return [post(port, "/annotate", bomb, jpeg) for _ in range(16)], True
+    if name == "thin-annotate":
+        return [post(port, "/annotate", thin_png(), "image/png")], True
+    if name == "big-uploads":
+        return [post(port, "/detect", big_upload(photos[i]), jpeg) for i in range(4)], False
+    if name == "burst":
+        bodies = [multipart(photos[i % len(photos)]) for i in range(64)]
+        return [post(port, "/detect", b, t) for b, t in bodies], False
+    raise ValueError(f"unknown attack {name!r}")
+
+
+ATTACKS = ["decode-bomb", "slow-upload", "pixel-bomb", "annotate-bomb", "thin-annotate", "big-uploads", "burst"]
+
+
+async def _run_attack(server: Server, name: str, seconds: float, photos: list[bytes]) -> dict:
+    stop = asyncio.Event()
+    probing = asyncio.ensure_future(probes(server.port, photos[0], stop))
+    await asyncio.sleep(1.0)
+    jobs, refused = attack_jobs(name, server.port, photos)
+    started = time.perf_counter()
+    results = await asyncio.gather(*jobs)
+    attack_seconds = time.perf_counter() - started
+    await asyncio.sleep(max(0.0, seconds - attack_seconds))
+    stop.set()
+    probe_results = await probing
+    ok_probes = [p for p in probe_results if p["status"] == 200 and p["seconds"] <= PROBE_DEADLINE_S]
+    statuses = sorted({str(r["status"]) for r in results})
+    problems = []
+    for r in results:
+        overloaded = r["status"] == 503 and not refused  # an honest burst past max_inflight: a fair answer
+        if r["status"] is None or (r["status"] >= 500 and not overloaded):
+            problems.append(f"attack request answered {r['status']} ({r.get('error', '')})")
+        elif refused and not (400 <= r["status"] < 500 and r["type"].startswith("application/problem+json")):
+            problems.append(f"attack request answered {r['status']} {r['type']}, expected a 4xx problem+json")
+        elif refused and r["seconds"] > ATTACK_ANSWER_S:
+            problems.append(f"attack refused after {r['seconds']:.1f} s")
+    share = len(ok_probes) / max(len(probe_results), 1)
+    if share < PROBE_SHARE:
+        problems.append(f"only {len(ok_probes)} of {len(probe_results)} honest probes answered 200 in time")
+    slowest = max((r["seconds"] for r in results), default=0.0)
+    return {"attack": name, "requests": len(results), "statuses": statuses, "slowest_answer_s": round(slowest, 2),
+            "probes": len(probe_results), "probes_ok": len(ok_probes), "problems": sorted(set(problems))}
+
+
+def run(attacks: list[str], seconds: float = 12, memory_limit_mb: float = 1024, env: dict | None = None,
+        log_path: Path | None = None) -> dict:
+    """Every attack in turn against one server; the report says what passed."""
+    photos = [data for _, data in real_photos(cats=8, dogs=1)][:8]
+    reports = []
+    with Server(env or {}, log_path=log_path) as server:
+        idle_rss = server.rss()
+        for name in attacks:
+            report = asyncio.run(_run_attack(server, name, seconds, photos))
+            report["peak_rss_mb"] = round(server.peak_rss() / 2**20, 1)
+            if report["peak_rss_mb"] > memory_limit_mb:
+                report["problems"].append(f"peak RSS {report['peak_rss_mb']} MB over {memory_limit_mb} MB")
+            if server.process.poll() is not None:
+                report["problems"].append(f"the server exited with {server.process.returncode}")
+            reports.append(report)
+            print(json.dumps(report), flush=True)
+            if server.process.poll() is not None:
+                break
+        exit_code = server.stop()
+    return {"date": datetime.date.today().isoformat(), "idle_rss_mb": round(idle_rss / 2**20, 1),
+            "exit_code": exit_code, "attacks": reports,
+            "passed": exit_code == 0 and all(not r["problems"] for r in reports)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--attack", nargs="*", default=ATTACKS, choices=ATTACKS)
+    parser.add_argument("--seconds", type=float, default=12)
+    parser.add_argument("--memory-limit-mb", type=float, default=1024)
+    args = parser.parse_args(argv)
+    report = run(args.attack, args.seconds, args.memory_limit_mb)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"attacks-{report['date']}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{'passed' if report['passed'] else 'FAILED'}; idle RSS {report['idle_rss_mb']} MB; wrote {path}")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
