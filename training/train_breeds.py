@@ -1,13 +1,21 @@
-"""Train catbreeds: the 12 Oxford-IIIT cat breeds, on the whole photo.
+"""Train catbreeds: the 12 Oxford-IIIT cat breeds, and whether a photo shows a cat at all.
 
     python -m training.train_breeds --data ../shared/data --out runs/breeds
 
-CPU-friendly in two stages. The frozen part of EfficientNet-Lite0 (stem to block 10) runs
-once per view and its stride-16 features are cached on disk; then blocks 11-15, the head and a
-new 12-way layer are fine-tuned on the cache. Views: the photo stretched to the input (as the
-server sends it), its mirror, and random crops. Oxford trainval cats are split by
-near-duplicate cluster; the noisy cat-breeds-extra photos are training data only, with label
-smoothing, and any of them that near-duplicates a validation photo is dropped.
+One EfficientNet-Lite2 (ImageNet weights) with two outputs on its pooled embedding: a 12-way
+breed softmax and a cat / not-a-cat logit. CPU-friendly in two steps:
+
+1. The frozen part (stem to block TAP, stride 16) runs once per *view* and its features are
+   cached: the photo stretched to the input as the server sends it, its mirror, the face crop
+   the server cuts around a detected face (and its mirror), and random resized crops with
+   colour jitter. Crawford cats and dog photos get fewer views: they only teach "cat or not".
+2. Blocks TAP+1.. , the head and both output layers are fine-tuned on the cache, one random
+   view of each photo per epoch, with label smoothing.
+
+The noisy `cat-breeds-extra` photos are cleaned first: a model trained for a few epochs on the
+Oxford photos alone predicts them, and a photo it contradicts confidently is dropped. Any extra
+photo that near-duplicates a validation photo is dropped too. Oxford trainval cats are split by
+near-duplicate cluster; dogs and Crawford cats as the detector splits them.
 """
 from __future__ import annotations
 
@@ -20,59 +28,97 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageEnhance
+
+from service import geometry
+from service.pipeline import BREED_CROP_SCALE
 
 from . import data
 from .nets import CatBreedClassifier, pretrained_backbone
 
 # ---- config -------------------------------------------------------------------------------
-INPUT = 224
-TAP = 10  # last frozen block; its output is cached
-RANDOM_CROPS = 1  # extra views per training photo
-EPOCHS = 8
-BATCH = 64
+BACKBONE = "lite2"
+INPUT = 256          # Lite2's 260 px rounded to a multiple of 32 (static "same" padding)
+TAP = 14             # last frozen block (end of the stride-16 stage); its output is cached
+RANDOM_CROPS = 3     # random resized crops per breed photo, beside full/flip/face/face-flip
+EPOCHS = 10
+CLEAN_EPOCHS = 4     # Oxford-only model that judges the noisy extra photos
+CONTRADICTED = 0.7   # drop an extra photo when that model puts >= this on another breed
+BATCH = 48
 LR = 1e-3
 LABEL_SMOOTHING = 0.1
-EXTRA_WEIGHT = 0.5  # loss weight of the noisy extra photos
+EXTRA_WEIGHT = 0.7   # loss weight of the (cleaned) extra photos
+CATNESS_PER_EPOCH = 800  # Crawford cats + dogs drawn per epoch for the cat / not-a-cat output
 
 
-def view(image: Image.Image, rng, kind: str) -> np.ndarray:
-    if kind == "crop":
+def jitter(image: Image.Image, rng) -> Image.Image:
+    """Brightness, contrast and saturation shifts, sometimes grey (users' photos vary)."""
+    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.6, 1.4))
+    image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.7, 1.3))
+    saturation = 0.0 if rng.random() < 0.1 else rng.uniform(0.6, 1.4)
+    return ImageEnhance.Color(image).enhance(saturation)
+
+
+def view(image: Image.Image, rng, kind: str, face_box=None) -> np.ndarray:
+    """One training view of a photo as CHW float32 0..255 at INPUT x INPUT."""
+    flip = kind.endswith("flip")
+    if kind.startswith("face"):
+        matrix = geometry.square_crop_matrix(face_box, INPUT, BREED_CROP_SCALE)
+        image = geometry.warp(image, matrix, (INPUT, INPUT))
+    elif kind == "crop":  # random resized crop
         w, h = image.size
-        s = rng.uniform(0.65, 1.0)
-        cw, ch = w * s * rng.uniform(0.85, 1.15), h * s
-        cw = min(cw, w)
+        area = rng.uniform(0.35, 1.0) * w * h
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = min(w, math.sqrt(area * aspect)), min(h, math.sqrt(area / aspect))
         x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
-        image = image.crop((int(x0), int(y0), int(x0 + cw), int(y0 + ch)))
-        if rng.random() < 0.5:
-            kind = "flip"
+        image = jitter(image.crop((int(x0), int(y0), int(x0 + cw), int(y0 + ch))), rng)
+        flip = rng.random() < 0.5
     image = image.resize((INPUT, INPUT), Image.BILINEAR)
-    if kind == "flip":
+    if flip:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
     return np.asarray(image, np.float32).transpose(2, 0, 1)
 
 
+def training_views(face_box, noisy: bool) -> list[str]:
+    """View kinds of a breed photo; "full" first (the cleaning step reads it). The noisy extra
+    photos get fewer (caching is most of the run's time)."""
+    if noisy:
+        return ["full", "face" if face_box is not None else "flip", "crop"]
+    faces = ["face", "face-flip"] if face_box is not None else []
+    return ["full", "flip", *faces] + ["crop"] * RANDOM_CROPS
+
+
+CATNESS_VIEWS = ["full", "crop"]
+
+
 @torch.no_grad()
-def cache_features(backbone, items, rng, kinds, batch=32) -> torch.Tensor:
-    """Frozen features (block TAP output) for every (path, kind) view, as float16."""
-    out = []
-    views = [(p, k) for p, _ in items for k in kinds]
-    for i in range(0, len(views), batch):
-        x = np.stack([view(Image.open(p).convert("RGB"), rng, k) for p, k in views[i : i + batch]])
+def cache_features(backbone, photos, rng, batch=32):
+    """Frozen block-TAP features (float16) of every view of every photo, and the photo index
+    of each view. `photos`: (path, face box or None, view kinds)."""
+    jobs = [(i, k) for i, (_, _, kinds) in enumerate(photos) for k in kinds]
+    feats, owners = [], []
+    for s in range(0, len(jobs), batch):
+        chunk = jobs[s : s + batch]
+        x = np.stack([view(Image.open(photos[i][0]).convert("RGB"), rng, k, photos[i][1]) for i, k in chunk])
         (f,) = backbone.features(backbone.normalise(torch.from_numpy(x)), (TAP,))
-        out.append(f.half())
-    return torch.cat(out)
+        feats.append(f.half())
+        owners.extend(i for i, _ in chunk)
+        if s % (batch * 50) == 0:
+            print(f"  cached {s + len(chunk)}/{len(jobs)} views", flush=True)
+    return torch.cat(feats), torch.tensor(owners)
 
 
-def tail(model: CatBreedClassifier, features: torch.Tensor) -> torch.Tensor:
-    """Logits from cached block-TAP features: the trainable rest of the network."""
+def tail(model: CatBreedClassifier, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Breed logits and cat logit from cached block-TAP features: the trainable rest."""
     x = features
     for block in model.backbone._blocks[TAP + 1 :]:
         x = block(x)
-    return model.fc(model.dropout(model.backbone.head(x)))
+    embedding = model.dropout(model.backbone.head(x))
+    return model.fc(embedding), model.cat(embedding)[:, 0]
 
 
 def datasets(data_dir: Path):
+    """Breed photos: Oxford train, extra (noisy, training only), Oxford validation."""
     pets = [p for p in data.oxford_pets(data_dir / "oxford-iiit-pet") if p.species == "cat"]
     extra = data.breed_folders(data_dir / "cat-breeds-extra") if (data_dir / "cat-breeds-extra").exists() else []
     groups = data.near_duplicate_groups([p.path for p in pets] + [p for p, _ in extra])
@@ -83,15 +129,96 @@ def datasets(data_dir: Path):
     return train, extra, val
 
 
-def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    pred = logits.argmax(1)
-    f1s = []
+def catness_sources(data_dir: Path, split: str) -> tuple[list[Path], list[Path]]:
+    """Cat photos without breed labels (Crawford) and dog photos, split as the detector splits them."""
+    from .train_detector import split_sources  # one definition of the dog / Crawford split
+
+    cats, dogs = split_sources(data_dir, split)
+    return [c.path for c in cats], dogs
+
+
+def face_boxes(paths: list[Path]) -> list[np.ndarray | None]:
+    """The best face the shipped detector finds in each photo (as the server would crop it)."""
+    from service.pipeline import load
+
+    catface = load()
+    out = []
+    for p in paths:
+        faces = catface.detect([Image.open(p).convert("RGB")], breeds=False)[0]
+        out.append(faces[0].box if faces else None)
+    return out
+
+
+def breed_metrics(pred: np.ndarray, labels: np.ndarray) -> dict:
+    recalls, f1s = [], []
     for c in range(len(data.BREEDS)):
-        tp = ((pred == c) & (labels == c)).sum().item()
-        prec = tp / max((pred == c).sum().item(), 1)
-        rec = tp / max((labels == c).sum().item(), 1)
-        f1s.append(2 * prec * rec / max(prec + rec, 1e-9))
-    return {"top1": (pred == labels).float().mean().item(), "macro_f1": float(np.mean(f1s))}
+        tp = int(((pred == c) & (labels == c)).sum())
+        precision, recall = tp / max(int((pred == c).sum()), 1), tp / max(int((labels == c).sum()), 1)
+        recalls.append(recall)
+        f1s.append(2 * precision * recall / max(precision + recall, 1e-9))
+    return {"top1": float((pred == labels).mean()), "macro_f1": float(np.mean(f1s)), "min_recall": float(min(recalls))}
+
+
+def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_items, epochs, rng, log, val=None):
+    """Fine-tune the tail: each epoch one random view of every breed photo and a sample of the
+    catness photos. labels -1 = no breed label (Crawford cats, dogs)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = [model.fc, model.cat]
+    body = [*model.backbone._blocks[TAP + 1 :], model.backbone._conv_head, model.backbone._bn1]
+    for m in head + body:
+        for p in m.parameters():
+            p.requires_grad_(True)
+    optimiser = torch.optim.AdamW([{"params": [p for m in head for p in m.parameters()], "lr": LR},
+                                   {"params": [p for m in body for p in m.parameters()], "lr": LR / 4}],
+                                  weight_decay=1e-2)
+    base_lrs = [g["lr"] for g in optimiser.param_groups]
+    view_lists: dict[int, list[int]] = {}
+    for v, o in enumerate(owners.tolist()):
+        view_lists.setdefault(o, []).append(v)
+    per_epoch = len(breed_items) + min(CATNESS_PER_EPOCH, len(catness_items))
+    steps = math.ceil(per_epoch / BATCH)
+    total, step = epochs * steps, 0
+    for epoch in range(epochs):
+        t0 = time.time()
+        for m in head + body:
+            m.train()
+        photos = list(breed_items) + list(rng.choice(catness_items, min(CATNESS_PER_EPOCH, len(catness_items)), replace=False))
+        rng.shuffle(photos)
+        chosen = torch.tensor([view_lists[i][rng.integers(len(view_lists[i]))] for i in photos])
+        losses = []
+        for b in range(steps):
+            warm = min(1.0, (step + 1) / steps)  # one epoch of warm-up, then cosine
+            for g, lr in zip(optimiser.param_groups, base_lrs):
+                g["lr"] = lr * warm * 0.5 * (1 + math.cos(math.pi * step / total))
+            idx = chosen[b * BATCH : (b + 1) * BATCH]
+            photo = owners[idx]
+            breed_logits, cat_logit = tail(model, feats[idx].float())
+            y = labels[photo]
+            has = y >= 0
+            ce = F.cross_entropy(breed_logits[has], y[has], label_smoothing=LABEL_SMOOTHING, reduction="none")
+            loss = (ce * weights[photo][has]).sum() / max(int(has.sum()), 1)
+            loss = loss + F.binary_cross_entropy_with_logits(cat_logit, is_cat[photo])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+            step += 1
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
+        if val is not None:  # logged to watch training, never used to pick an epoch or a rule
+            record.update(val())
+        print(json.dumps(record), flush=True)
+        if log is not None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+
+
+@torch.no_grad()
+def predict(model, feats) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    outs = [tail(model, feats[i : i + 128].float()) for i in range(0, len(feats), 128)]
+    return (torch.softmax(torch.cat([o[0] for o in outs]), 1).numpy(),
+            torch.sigmoid(torch.cat([o[1] for o in outs])).numpy())
 
 
 def main(argv=None):
@@ -99,8 +226,10 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--out", type=Path, default=Path("runs/breeds"))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--clean-epochs", type=int, default=CLEAN_EPOCHS)
     parser.add_argument("--limit", type=int, default=None, help="use only N photos per set (smoke runs)")
     parser.add_argument("--no-extra", action="store_true", help="Oxford photos only")
+    parser.add_argument("--backbone", default=BACKBONE, choices=["lite0", "lite2"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -109,68 +238,83 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    log = open(args.out / "log.jsonl", "a")
 
     train, extra, val = datasets(args.data)
+    crawford_cats, dogs = catness_sources(args.data, "train")
+    val_cats, val_dogs = catness_sources(args.data, "val")
     if args.no_extra:
         extra = []
-    train, extra, val = train[: args.limit], extra[: args.limit], val[: args.limit]
-    print(f"train: {len(train)} Oxford + {len(extra)} extra photos; val: {len(val)} Oxford photos", flush=True)
+    lim = slice(None, args.limit)
+    train, extra, val, crawford_cats, dogs, val_dogs = train[lim], extra[lim], val[lim], crawford_cats[lim], dogs[lim], val_dogs[lim]
+    print(f"train: {len(train)} Oxford + {len(extra)} extra breed photos, {len(crawford_cats)} Crawford cats, "
+          f"{len(dogs)} dogs; val: {len(val)} Oxford cats, {len(val_dogs)} dogs", flush=True)
 
-    model = CatBreedClassifier(pretrained_backbone())
-    model.eval()
-    kinds = ["full", "flip"] + ["crop"] * RANDOM_CROPS
-    cache = args.out / f"features-{len(train)}-{len(extra)}-{len(val)}.pt"
+    model = CatBreedClassifier(pretrained_backbone(args.backbone)).eval()
+    breed_photos = train + extra + val
+    cache = args.out / f"features-{args.backbone}-{len(train)}-{len(extra)}-{len(val)}-{len(dogs)}.pt"
     if cache.exists():
-        feats = torch.load(cache)
+        c = torch.load(cache)
     else:
         t0 = time.time()
-        feats = {"train": cache_features(model.backbone, train + extra, rng, kinds),
-                 "val": cache_features(model.backbone, val, rng, ["full"])}
-        torch.save(feats, cache)
+        boxes = face_boxes([p for p, _ in breed_photos])
+        train_boxes, val_boxes = boxes[: len(train) + len(extra)], boxes[len(train) + len(extra) :]
+        photos = ([(p, box, training_views(box, i >= len(train))) for i, ((p, _), box) in enumerate(zip(train + extra, train_boxes))]
+                  + [(p, None, CATNESS_VIEWS) for p in crawford_cats + dogs])
+        feats, owners = cache_features(model.backbone, photos, rng)
+        val_faces = [i for i, box in enumerate(val_boxes) if box is not None]
+        c = {"feats": feats, "owners": owners, "val_face_rows": val_faces,
+             "val_full": cache_features(model.backbone, [(p, None, ["full"]) for p, _ in val], rng)[0],
+             "val_face": cache_features(model.backbone, [(val[i][0], val_boxes[i], ["face"]) for i in val_faces], rng)[0],
+             "val_dogs": cache_features(model.backbone, [(p, None, ["full"]) for p in val_dogs], rng)[0]}
+        torch.save(c, cache)
         print(f"cached features in {time.time() - t0:.0f}s", flush=True)
-    labels = torch.tensor([b for _, b in train + extra]).repeat_interleave(len(kinds))
-    weights = torch.tensor([1.0] * len(train) + [EXTRA_WEIGHT] * len(extra)).repeat_interleave(len(kinds))
-    val_labels = torch.tensor([b for _, b in val])
 
-    for p in model.backbone.parameters():
-        p.requires_grad_(False)
-    trainable = [*model.backbone._blocks[TAP + 1 :], model.backbone._conv_head, model.backbone._bn1, model.fc]
-    params = [p for m in trainable for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    optimiser = torch.optim.AdamW([{"params": model.fc.parameters(), "lr": LR},
-                                   {"params": [p for m in trainable[:-1] for p in m.parameters()], "lr": LR / 5}],
-                                  weight_decay=1e-2)
-    base_lrs = [g["lr"] for g in optimiser.param_groups]
-    steps_per_epoch = math.ceil(len(labels) / BATCH)
-    total, step, best = args.epochs * steps_per_epoch, 0, -1.0
-    for epoch in range(args.epochs):
-        t0 = time.time()
-        for m in trainable:
-            m.train()
-        order = torch.randperm(len(labels))
-        losses = []
-        for b in range(steps_per_epoch):
-            for g, lr in zip(optimiser.param_groups, base_lrs):
-                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            idx = order[b * BATCH : (b + 1) * BATCH]
-            logits = tail(model, feats["train"][idx].float())
-            loss = (F.cross_entropy(logits, labels[idx], label_smoothing=LABEL_SMOOTHING, reduction="none") * weights[idx]).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(loss.item())
-            step += 1
-        model.eval()
-        with torch.no_grad():
-            val_logits = torch.cat([tail(model, feats["val"][i : i + 128].float()) for i in range(0, len(val), 128)])
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), **evaluate_logits(val_logits, val_labels),
-                  "seconds": round(time.time() - t0, 1)}
-        print(json.dumps(record), flush=True)
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        torch.save({"model": model.state_dict(), "epoch": epoch, "input": INPUT}, args.out / "checkpoint.pt")
+    n_train, n_extra, n_cats = len(train), len(extra), len(crawford_cats)
+    labels = torch.tensor([b for _, b in train + extra] + [-1] * (n_cats + len(dogs)))
+    is_cat = torch.tensor([1.0] * (n_train + n_extra + n_cats) + [0.0] * len(dogs))
+    weights = torch.tensor([1.0] * n_train + [EXTRA_WEIGHT] * n_extra + [0.0] * (n_cats + len(dogs)))
+    catness_items = np.arange(n_train + n_extra, n_train + n_extra + n_cats + len(dogs))
+    val_labels = np.array([b for _, b in val])
+    first_view = {}
+    for v, o in enumerate(c["owners"].tolist()):
+        first_view.setdefault(o, v)
+
+    def val_report():
+        whole, cat_whole = predict(model, c["val_full"])
+        rows = c["val_face_rows"]
+        face = whole.copy()
+        if rows:
+            face[rows] = predict(model, c["val_face"])[0]
+        _, cat_dogs = predict(model, c["val_dogs"])
+        return {"val_whole_top1": breed_metrics(whole.argmax(1), val_labels)["top1"],
+                "val_face_or_whole_top1": breed_metrics(face.argmax(1), val_labels)["top1"],
+                "val_both_top1": breed_metrics(((face + whole) / 2).argmax(1), val_labels)["top1"],
+                "val_cat_rate": float((cat_whole >= 0.5).mean()), "val_dog_cat_rate": float((cat_dogs >= 0.5).mean())}
+
+    log = open(args.out / "log.jsonl", "a")
+    try:
+        if n_extra and args.clean_epochs:
+            print("cleaning the extra photos with an Oxford-only model", flush=True)
+            judge = CatBreedClassifier(pretrained_backbone(args.backbone))
+            fit(judge, c["feats"], c["owners"], labels, weights, is_cat, np.arange(n_train), catness_items,
+                args.clean_epochs, rng, None)
+            probs, _ = predict(judge, c["feats"][[first_view[i] for i in range(n_train, n_train + n_extra)]])
+            extra_labels = labels[n_train : n_train + n_extra].numpy()
+            contradicted = (probs.argmax(1) != extra_labels) & (probs.max(1) >= CONTRADICTED)
+            weights[n_train : n_train + n_extra][torch.from_numpy(contradicted)] = 0.0
+            dropped = {data.BREEDS[b]: int(((extra_labels == b) & contradicted).sum()) for b in range(len(data.BREEDS))}
+            record = {"cleaning": {"extra": n_extra, "dropped": int(contradicted.sum()), "per_breed": dropped}}
+            print(json.dumps(record), flush=True)
+            log.write(json.dumps(record) + "\n")
+            (args.out / "dropped_extra.txt").write_text(
+                "".join(f"{extra[i][0]}\t{data.BREEDS[extra_labels[i]]}\t{data.BREEDS[probs[i].argmax()]}\t{probs[i].max():.2f}\n"
+                        for i in np.nonzero(contradicted)[0]))
+            del judge
+        kept = np.nonzero(weights[: n_train + n_extra].numpy() > 0)[0]
+        fit(model, c["feats"], c["owners"], labels, weights, is_cat, kept, catness_items, args.epochs, rng, log, val_report)
+    finally:
+        log.close()
+    torch.save({"model": model.state_dict(), "input": INPUT, "backbone": args.backbone}, args.out / "checkpoint.pt")
     return model
 
 
