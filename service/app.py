@@ -49,7 +49,7 @@ T = TypeVar("T")
 ANALYSIS_ERRORS = {
     400: {"description": "malformed multipart body", "content": PROBLEM_CONTENT},
     413: {"description": "body or image too large (bytes or pixels)", "content": PROBLEM_CONTENT},
-    415: {"description": "not JPEG, PNG or WebP, or a wrong content type", "content": PROBLEM_CONTENT},
+    415: {"description": f"not {imaging.NAMES}, or a wrong content type", "content": PROBLEM_CONTENT},
     422: {"description": "empty, corrupt or tiny image, or no `image` field", "content": PROBLEM_CONTENT},
     503: {"description": "overloaded, queue full, deadline passed, or not ready; see Retry-After",
           "content": PROBLEM_CONTENT},

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from starlette.responses import FileResponse
+from starlette.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
+
+from .imaging import EXTENSIONS, MEDIA_TYPES
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Scripts and styles only from files of this app (no inline code); images also from blob: URLs.
@@ -16,12 +18,17 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 
+# The file picker offers the accepted formats (imaging.FORMATS); extensions too, as some systems
+# know no media type for .heic.
+ACCEPT = ",".join(MEDIA_TYPES + EXTENSIONS)
+PAGE = (STATIC / "index.html").read_text(encoding="utf-8").replace("CATFACE_ACCEPT", ACCEPT)
+
 router = APIRouter()
 
 
 @router.get("/", include_in_schema=False)
-async def index() -> FileResponse:
-    return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)
+async def index() -> HTMLResponse:
+    return HTMLResponse(PAGE, headers=HEADERS)
 
 
 def mount(app: FastAPI) -> None:
