@@ -401,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir, args.format, args.sticker = None, "jpeg", None
     show = (not args.quiet) and (args.progress or sys.stderr.isatty())
 
-    def say(message: str) -> None:
-        if not args.quiet:
+    def say(message: str, always: bool = False) -> None:
+        if always or not args.quiet:
             print(f"catface: {message}", file=sys.stderr, flush=True)
 
     jobs, skipped = find_photos(args.paths)
@@ -410,22 +410,26 @@ def main(argv: list[str] | None = None) -> int:
         names = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         say(f"left out {len(skipped)} file{'s' if len(skipped) != 1 else ''} not named as a photo: {names}")
     if not jobs:
-        say("no photo found at " + " ".join(args.paths))
+        say("no photo found at " + " ".join(args.paths), always=True)
         return EXIT_USAGE
 
     if args.url:
         engine = Remote(args.url)
         if (why := engine.check()) is not None:
-            say(f"the service at {args.url} is not ready: {why}")
+            say(f"the service at {args.url} is not ready: {why}", always=True)
             return EXIT_UNAVAILABLE
     else:
-        settings = Settings.from_env()
+        try:
+            settings = Settings.from_env()
+        except ValueError as exc:  # a CATFACE_* variable that is not a number, or out of range
+            say(str(exc), always=True)
+            return EXIT_USAGE
         settings = replace(settings, **{k: v for k, v in (("models_dir", args.models), ("threads", args.threads))
                                         if v is not None})
         try:
             engine = Local(settings)
-        except Exception as exc:  # a missing or damaged model file, or a bad setting
-            say(f"the models in {settings.models_dir} cannot be loaded: {exc}")
+        except Exception as exc:  # a missing or damaged model file
+            say(f"the models in {settings.models_dir} cannot be loaded: {exc}", always=True)
             return EXIT_UNAVAILABLE
 
     out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")

@@ -88,6 +88,8 @@ def test_every_photo_answered_is_exit_0_and_no_photo_is_exit_2(album, tmp_path, 
     assert lines[0]["breeds"] and lines[1]["breeds"] == []
     (tmp_path / "empty").mkdir()
     assert main(["detect", str(tmp_path / "empty"), *FAST]) == 2
+    assert main(["detect", str(album), "--models", str(tmp_path / "empty"), "-q", *FAST]) == 3
+    assert "cannot be loaded" in capsys.readouterr().err  # said even with -q
     with pytest.raises(SystemExit) as usage:
         main(["detect"])
     assert usage.value.code == 2
