@@ -11,7 +11,8 @@ Rules, in the order they are applied:
   Pillow's own limit is set to the same number and its warning made an error (`configure`).
 - A JPEG much larger than the models need is decoded at 1/2, 1/4 or 1/8 scale by libjpeg
   (`draft`), keeping at least `decode_side` pixels on the longer side; other formats are
-  box-reduced after decoding (HEIC/AVIF too: their codecs cannot decode at a reduced size). Faces are found on the smaller image and scaled back (`Photo.scale`).
+  box-reduced after decoding (HEIC/AVIF too: their codecs cannot decode at a reduced size).
+  Faces are found on the smaller image and scaled back (`Photo.scale`).
   With `keep_original` (/annotate draws on the photo at its own size) the JPEG is decoded whole
   and box-reduced like the others, and the full-size upright RGB is kept as `Photo.original`.
 - EXIF orientation is applied, so coordinates are those of the photo as a person sees it. In
