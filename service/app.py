@@ -52,7 +52,7 @@ ANALYSIS_ERRORS = {
                          "CATFACE_MIN_UPLOAD_RATE bytes/s after the first seconds)", "content": PROBLEM_CONTENT},
     413: {"description": "body or image too large: bytes, pixels, decoding memory or (JPEG) scans x pixels",
           "content": PROBLEM_CONTENT},
-    415: {"description": "not JPEG, PNG or WebP, or a wrong content type", "content": PROBLEM_CONTENT},
+    415: {"description": f"not {imaging.NAMES}, or a wrong content type", "content": PROBLEM_CONTENT},
     422: {"description": "empty, corrupt, tiny or absurdly elongated image, or no `image` field",
           "content": PROBLEM_CONTENT},
     503: {"description": "overloaded, queue full, deadline passed, or not ready; see Retry-After",

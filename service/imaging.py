@@ -1,8 +1,11 @@
 """Image intake: untrusted bytes -> an upright RGB photo, or a Problem with the right 4xx.
 
 Rules, in the order they are applied:
-- Only JPEG, PNG and WebP decoders are ever run (415 otherwise; GIF, animated or not, is 415).
-  Animated PNG/WebP are legal still formats: the first frame is used, as a viewer shows it.
+- Only the decoders of FORMATS are ever run: JPEG, PNG, WebP, AVIF (Pillow's own plugin) and
+  HEIC/HEIF (pillow-heif's plugin, registered here and nowhere else). Anything else is 415 (GIF,
+  animated or not, too). Animated PNG/WebP/AVIF and HEIF sequences are legal still formats: the
+  first (primary) picture is used, as a viewer shows it. HEIF thumbnails, depth and auxiliary
+  images are never decoded.
 - The decoding work is bounded from the header, before any pixel is decoded (413 otherwise):
   more than `max_pixels` is a decompression bomb; the memory the decoder would fill
   (`decode_bytes`: progressive JPEG keeps every coefficient of the full-size image) is at most
@@ -14,10 +17,14 @@ Rules, in the order they are applied:
   thread pool bounds how many run at once.
 - A JPEG much larger than the models need is decoded at 1/2, 1/4 or 1/8 scale by libjpeg
   (`draft`), keeping at least `decode_side` pixels on the longer side; other formats are
-  box-reduced right after decoding, before conversion or rotation. Faces are found on the
-  smaller image and scaled back (`Photo.scale`). With `keep_original` (/annotate draws on the
-  photo) `Photo.original` is the upright RGB photo reduced the same way to `original_side`.
-- EXIF orientation is applied, so coordinates are those of the photo as a person sees it.
+  box-reduced right after decoding, before conversion or rotation (HEIC/AVIF too: their codecs
+  cannot decode at a reduced size). Faces are found on the smaller image and scaled back
+  (`Photo.scale`). With `keep_original` (/annotate draws on the photo) `Photo.original` is the
+  upright RGB photo reduced the same way to at most `original_side`.
+- EXIF orientation is applied, so coordinates are those of the photo as a person sees it. In
+  HEIC/AVIF the rotation and mirroring are the `irot`/`imir` boxes: libheif applies them while
+  decoding (and pillow-heif resets the EXIF tag, as an iPhone photo carries both), Pillow's AVIF
+  plugin turns them into the EXIF orientation that is then applied like a JPEG's.
 - Every mode becomes 8-bit RGB: 16-bit is scaled (not clipped), CMYK converted, and
   transparency composited on white (a transparent background is not a dark cat).
 """
@@ -29,11 +36,38 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import pillow_heif
+from PIL import Image, UnidentifiedImageError
 
 from .problems import Problem
 
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
+
+@dataclass(frozen=True)
+class Format:
+    pillow: str                    # Pillow's format name (Image.open(formats=...), Image.format)
+    name: str                      # as people call it
+    media_types: tuple[str, ...]   # the first is the usual one
+    extensions: tuple[str, ...]    # file names the command line picks up in a folder
+
+
+# The one list of accepted formats: decoding, the 415 text, openapi.json, the demo page's file
+# picker and the command line all read it. AVIF before HEIF: both use ISOBMFF `ftyp` files.
+FORMATS = (
+    Format("JPEG", "JPEG", ("image/jpeg",), (".jpg", ".jpeg", ".jpe", ".jfif")),
+    Format("PNG", "PNG", ("image/png",), (".png",)),
+    Format("WEBP", "WebP", ("image/webp",), (".webp",)),
+    Format("AVIF", "AVIF", ("image/avif",), (".avif",)),
+    Format("HEIF", "HEIC", ("image/heic", "image/heif"), (".heic", ".heif", ".hif")),
+)
+ALLOWED_FORMATS = tuple(f.pillow for f in FORMATS)
+MEDIA_TYPES = tuple(t for f in FORMATS for t in f.media_types)
+EXTENSIONS = tuple(e for f in FORMATS for e in f.extensions)
+NAMES = ", ".join(f.name for f in FORMATS[:-1]) + " or " + FORMATS[-1].name  # "JPEG, PNG, ... or HEIC"
+
+# HEIC through libheif (Pillow has no HEVC decoder). Only its opener: no thumbnails (a different
+# picture could hide there), no depth or auxiliary images (work nobody asked for).
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
 MIN_SIDE = 16  # below this no cat face can be told apart; such uploads are mistakes or probes
 MAX_ASPECT = 20  # longer side / shorter side: wider than any panorama; beyond, a probe (16x3,000,000)
 
@@ -73,8 +107,24 @@ def sniff(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     if data[4:8] == b"ftyp":
-        return "HEIF/AVIF"
+        return _iso_brand(data)
     return None
+
+
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+_VIDEO_BRANDS = {b"qt  ": "QuickTime video", b"isom": "MP4 video", b"iso2": "MP4 video", b"mp41": "MP4 video",
+                 b"mp42": "MP4 video", b"M4V ": "MP4 video", b"3gp4": "3GP video", b"3gp5": "3GP video"}
+
+
+def _iso_brand(data: bytes) -> str | None:
+    """What an ISOBMFF file (`ftyp` box first) holds, from its major and compatible brands."""
+    size = int.from_bytes(data[:4], "big")
+    brands = [data[8:12]] + [data[i:i + 4] for i in range(16, min(size, len(data), 256) - 3, 4)]
+    if {b"avif", b"avis"} & set(brands):
+        return "AVIF"
+    if _HEIF_BRANDS & set(brands) or brands[0] in (b"mif1", b"msf1"):
+        return "HEIF"
+    return _VIDEO_BRANDS.get(brands[0])
 
 
 def _too_large(detail: str) -> Problem:
@@ -122,7 +172,7 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 8
         if sniffed in ALLOWED_FORMATS:
             raise Problem(422, "corrupt-image", f"the {sniffed} header cannot be read") from None
         found = f"a {sniffed} file" if sniffed else "not a recognised image"
-        raise Problem(415, "unsupported-image-type", f"the upload is {found}; send JPEG, PNG or WebP") from None
+        raise Problem(415, "unsupported-image-type", f"the upload is {found}; send {NAMES}") from None
     except Exception:  # a known format whose header breaks its parser (OSError, struct.error...): was a 500
         raise Problem(422, "corrupt-image", f"the {sniffed or 'image'} header cannot be read") from None
 
@@ -153,6 +203,8 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 8
         raise _too_large(f"the image has more than {max_pixels} pixels") from None
     except Exception as exc:  # Pillow signals broken data with many types (OSError, SyntaxError, ValueError...)
         raise Problem(422, "corrupt-image", f"the {image.format} data cannot be decoded (truncated or corrupt)") from exc
+    if image.width * image.height > max_pixels:  # a HEIF's coded picture may differ from its header
+        raise _too_large(f"the image decoded to {image.width}x{image.height} pixels; the limit is {max_pixels} pixels")
     try:
         turn = _UPRIGHT.get(image.getexif().get(0x0112))
     except Exception:  # a malformed EXIF block should not cost the user the photo: keep it as stored

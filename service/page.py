@@ -14,10 +14,12 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 from swagger_ui_bundle import swagger_ui_path
+
+from .imaging import EXTENSIONS, MEDIA_TYPES
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Scripts and styles only from files of this app (no inline code); images also from blob: URLs.
@@ -26,11 +28,16 @@ CSP = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
 DOCS_ASSETS = "/docs/assets"
 
+# The file picker offers the accepted formats (imaging.FORMATS); extensions too, as some systems
+# know no media type for .heic.
+ACCEPT = ",".join(MEDIA_TYPES + EXTENSIONS)
+PAGE = (STATIC / "index.html").read_text(encoding="utf-8").replace("CATFACE_ACCEPT", ACCEPT)
+
 router = APIRouter(include_in_schema=False)
 
 
 class SecuredStaticFiles(StaticFiles):
-    """StaticFiles whose every answer carries HEADERS (index.html is reachable at /static/ too)."""
+    """StaticFiles whose every answer carries HEADERS."""
 
     def file_response(self, full_path: os.PathLike, stat_result: os.stat_result, scope: Scope,
                       status_code: int = 200) -> Response:
@@ -40,8 +47,9 @@ class SecuredStaticFiles(StaticFiles):
 
 
 @router.get("/")
-async def index() -> FileResponse:
-    return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)
+@router.get("/static/index.html")  # the page's own file path gives the same page, not the template
+async def index() -> HTMLResponse:
+    return HTMLResponse(PAGE, headers=HEADERS)
 
 
 def _inline_script_hashes(html: str) -> str:

@@ -20,6 +20,7 @@ from fastapi import Request
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from .imaging import MEDIA_TYPES, NAMES
 from .problems import Problem
 
 FIELD = "image"
@@ -33,10 +34,8 @@ OPENAPI_BODY = {
             "multipart/form-data": {
                 "schema": {"type": "object", "required": [FIELD],
                            "properties": {FIELD: {"type": "string", "format": "binary",
-                                                  "description": "a JPEG, PNG or WebP photo"}}}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/webp": {"schema": {"type": "string", "format": "binary"}},
+                                                  "description": f"a {NAMES} photo"}}}},
+            **{media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in MEDIA_TYPES},
         },
     }
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -210,3 +211,8 @@ def test_the_page_and_its_files_are_served(live):
         assert f'"{asset}"' in page.text
         assert live.get(asset).status_code == 200
     assert_problem(live.get("/static/nothing.js"), 404)
+
+
+def test_the_file_picker_offers_every_accepted_format(live):
+    accept = re.search(r'id="file" type="file" accept="([^"]+)"', live.get("/").text)[1].split(",")
+    assert {"image/jpeg", "image/png", "image/webp", "image/heic", "image/avif", ".heic"} <= set(accept)

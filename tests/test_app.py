@@ -15,7 +15,7 @@ from service.logs import JsonFormatter
 from service.schemas import LANDMARK_NAMES
 
 from .conftest import CATS, LiveApp, data_file, encode, ground_truth, make_settings, photo, png16_rgb, png_raw
-from .test_imaging import STORED_FROM_UPRIGHT
+from .test_imaging import STORED_FROM_UPRIGHT, heic_claiming, iphone_style
 
 PROBLEM = "application/problem+json"
 
@@ -112,6 +112,32 @@ def test_exif_rotated_photo_gives_the_faces_of_its_upright_twin(live, orientatio
     assert close(rotated["faces"], twin["faces"], tolerance=0.02 * max(upright.size))
 
 
+@pytest.fixture(scope="module")
+def phone_photo() -> Image.Image:
+    """A shared cat photo at a phone camera's size (1792 x 1000)."""
+    small = photo(CATS[0])
+    return small.resize((small.width * 4, small.height * 4), Image.BICUBIC)
+
+
+@pytest.mark.parametrize("fmt, media_type, params", [
+    ("HEIF", "image/heic", dict(quality=90, grid_tile_size=512)),  # 512-pixel tiles, as an iPhone writes
+    ("AVIF", "image/avif", dict(quality=90)),
+], ids=["heic", "avif"])
+def test_heic_and_avif_rotated_by_metadata_give_the_faces_of_the_jpeg(live, phone_photo, fmt, media_type, params):
+    jpeg = post_photo(live, encode(phone_photo, "JPEG", quality=95)).json()
+    data = iphone_style(phone_photo, fmt, 6, **params)  # stored on its side, turned upright by `irot`
+    got = post_photo(live, data).json()
+    assert (got["width"], got["height"]) == (jpeg["width"], jpeg["height"]) == phone_photo.size
+    assert jpeg["faces"], "the JPEG has a face"
+    assert close(got["faces"], jpeg["faces"], tolerance=6)  # pixels, on a 1792-pixel photo
+    raw = live.post("/detect", content=data, headers={"content-type": media_type}).json()
+    assert close(raw["faces"], got["faces"], tolerance=0.01)
+    assert live.post("/breeds", content=data, headers={"content-type": media_type}).json()["cat"] is True
+    drawn = live.post("/annotate", content=data, headers={"content-type": media_type})
+    assert drawn.status_code == 200 and drawn.headers["x-catface-faces"] == str(len(jpeg["faces"]))
+    assert Image.open(io.BytesIO(drawn.content)).size == phone_photo.size  # drawn on the upright photo
+
+
 def test_large_photo_is_decoded_small_and_answered_in_original_pixels(live):
     small = photo(CATS[0])
     k = 6
@@ -164,6 +190,8 @@ BAD_UPLOADS = {
                   "image-too-small"),
     "bomb": (dict(files={"image": ("a.png", png_raw(200_000, 200_000, 1, 0, None), "image/png")}), 413,
              "image-too-large"),
+    "heic-bomb": (dict(files={"image": ("a.heic", heic_claiming(20_000, 20_000), "image/heic")}), 413,
+                  "image-too-large"),
     "animated-gif": (dict(files={"image": ("a.gif", _animated_gif(), "image/gif")}), 415, "unsupported-image-type"),
     "wrong-field": ("wrong-field", 422, "missing-image-field"),
     "text-field": (dict(data={"image": "cat.jpg"}, files={"other": ("x", b"x")}), 422, "image-field-not-a-file"),

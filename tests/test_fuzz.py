@@ -87,7 +87,8 @@ def _seeds() -> list[bytes]:
     return [encode(cat, "JPEG", quality=80), encode(cat, "JPEG", progressive=True),
             encode(cat, "JPEG", exif=exif.tobytes()), encode(cat.convert("CMYK"), "JPEG"),
             encode(rgba, "PNG"), encode(cat.convert("P"), "PNG", transparency=0), png16_rgb(cat.resize((24, 18))),
-            encode(cat, "WEBP", quality=70), encode(rgba, "WEBP", lossless=True)]
+            encode(cat, "WEBP", quality=70), encode(rgba, "WEBP", lossless=True),
+            encode(cat, "HEIF", quality=60, exif=exif.tobytes()), encode(cat, "AVIF", quality=60, exif=exif.tobytes())]
 
 
 SEEDS: list[bytes] = []  # filled by the `seeds` fixture (module-level: keeps Hypothesis' reports short)
@@ -149,7 +150,9 @@ def test_intake_turns_mutated_images_into_a_photo_or_a_4xx(seeds):
 
 
 def test_intake_turns_random_bytes_into_a_4xx(seeds):
-    magic = st.sampled_from([b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"GIF89a"])
+    magic = st.sampled_from([b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"GIF89a",
+                              b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00mif1heicmiaf",
+                              b"\x00\x00\x00\x20ftypavif\x00\x00\x00\x00avifmif1miafMA1B"])
 
     @given(magic, st.binary(max_size=2048))
     @settings(max_examples=1000, deadline=None, database=None, suppress_health_check=list(HealthCheck))

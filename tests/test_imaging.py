@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.imaging import decode
+from service.imaging import decode, sniff
 from service.problems import Problem
 
 from .conftest import CATS, encode, photo, png16_rgb, png_raw
@@ -174,3 +174,70 @@ def test_webp_and_animated_webp_first_frame():
     frames = [pattern(), pattern().transpose(Image.ROTATE_180)]
     animated = decode(encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True), **LIMITS)
     assert np.array_equal(np.asarray(animated.image), np.asarray(pattern()))
+
+
+# ---- HEIC and AVIF ---------------------------------------------------------------------------
+def iphone_style(upright: Image.Image, fmt: str, orientation: int = 6, **params) -> bytes:
+    """The photo as a camera stores it: pixels as the sensor read them (here turned by the EXIF
+    `orientation`), and the turn back written as metadata. pillow-heif and Pillow's AVIF writer
+    turn that EXIF orientation into the file's `irot`/`imir` boxes, as an iPhone writes them."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(upright.transpose(STORED_FROM_UPRIGHT[orientation]), fmt, exif=exif.tobytes(), **params)
+
+
+def _iso_boxes(data: bytes, kind: bytes) -> list[int]:
+    """Offsets of every `kind` box in an ISOBMFF file (found by name, as they nest)."""
+    found, start = [], 0
+    while (at := data.find(kind, start)) >= 0:
+        found.append(at - 4)
+        start = at + 4
+    return found
+
+
+@pytest.mark.parametrize("fmt, sniffed", [("HEIF", "HEIF"), ("AVIF", "AVIF")])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_heic_and_avif_rotated_by_metadata_give_the_upright_picture(fmt, sniffed, orientation):
+    data = iphone_style(pattern(), fmt, orientation, quality=95)
+    assert sniff(data) == sniffed and b"irot" in data  # the turn is in the file's metadata
+    got = decode(data, **LIMITS)
+    assert got.format == fmt and (got.width, got.height) == (96, 64)
+    # lossy codecs: the pixels are close, and far from any other orientation of the picture
+    error = np.abs(np.asarray(got.image, int) - np.asarray(pattern(), int)).mean()
+    assert error < 6, error
+    wrong = np.abs(np.asarray(got.image, int) - np.asarray(pattern().transpose(Image.ROTATE_180), int)).mean()
+    assert wrong > 4 * error
+
+
+def test_large_heic_is_reduced_after_decoding():
+    big = photo(CATS[0]).resize((1800, 1000))
+    got = decode(encode(big, "HEIF", quality=60), **LIMITS)
+    assert (got.width, got.height) == (1800, 1000) and got.image.size == (900, 500)
+
+
+def heic_claiming(width: int, height: int) -> bytes:
+    """A small HEIC whose image-size property (`ispe`) claims width x height pixels."""
+    data = bytearray(encode(pattern(), "HEIF", quality=50))
+    for at in _iso_boxes(bytes(data), b"ispe"):
+        data[at + 12 : at + 20] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("width, height", [(20_000, 20_000), (10_000, 8_000)])  # Pillow's own limit; ours
+def test_heic_bomb_is_refused_from_the_header(width, height):
+    problem = refused(heic_claiming(width, height))
+    assert (problem.status, problem.slug) == (413, "image-too-large")
+
+
+def test_heic_and_avif_follow_the_byte_limit_and_corruption_rules():
+    for fmt in ("HEIF", "AVIF"):
+        data = encode(pattern(), fmt, quality=50)
+        assert refused(data, max_bytes=len(data) - 1).status == 413
+        assert (refused(data[: len(data) // 2]).status, refused(data[: len(data) // 2]).slug) == (422, "corrupt-image")
+
+
+def test_the_415_names_every_accepted_format_and_a_video_is_named():
+    video = b"\x00\x00\x00\x18ftypqt  \x00\x00\x02\x00qt  " + b"\x00" * 64
+    problem = refused(video)
+    assert problem.status == 415 and "QuickTime video" in problem.detail
+    assert all(name in problem.detail for name in ("JPEG", "PNG", "WebP", "AVIF", "HEIC"))

@@ -22,7 +22,7 @@ def test_openapi_describes_the_contract():
     doc = json.loads(document())
     assert {"/detect", "/breeds", "/models", "/models/{file}", "/livez", "/readyz", "/metrics"} <= set(doc["paths"])
     detect = doc["paths"]["/detect"]["post"]
-    assert {"multipart/form-data", "image/jpeg"} <= set(detect["requestBody"]["content"])
+    assert {"multipart/form-data", "image/jpeg", "image/heic", "image/avif"} <= set(detect["requestBody"]["content"])
     assert "application/problem+json" in detect["responses"]["503"]["content"]
     face = doc["components"]["schemas"]["Face"]["properties"]
     assert {"box", "score", "landmarks", "breeds"} <= set(face)
