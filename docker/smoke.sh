@@ -24,6 +24,9 @@ NAME=catface-smoke-$$
 GRACE=30                              # = compose stop_grace_period; k8s allows 40 incl. preStop
 DRAIN=3                               # CATFACE_DRAIN_S in the test: /readyz must say 503 meanwhile
 DOCKER=/usr/bin/docker                # docker.io's client has BuildKit; /usr/local/bin/docker lacks buildx
+# The memory limit we ship (compose's mem_limit; docker/k8s says the same, checked by validate.sh).
+MEMORY=$(sed -n 's/^ *mem_limit: *//p' "$REPO/docker/compose.yaml")
+TMPFS=$(sed -n 's/^ *- \/tmp:\(.*\)$/\1/p' "$REPO/docker/compose.yaml")
 started=$(date +%s)
 dockerd_pid=""
 outcome=failed
@@ -182,8 +185,8 @@ case "${user%%:*}" in ""|0|root) fail "the image runs as root (USER '$user')" ;;
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 url=http://127.0.0.1:$port
 container=$NAME
-"$DOCKER" run -d --name "$NAME" --network host --read-only --tmpfs /tmp:rw,size=64m \
-    --cap-drop ALL --security-opt no-new-privileges --cpus 1 --memory 1g \
+"$DOCKER" run -d --name "$NAME" --network host --read-only --tmpfs "/tmp:rw,$TMPFS" \
+    --cap-drop ALL --security-opt no-new-privileges --cpus 1 --memory "$MEMORY" \
     -e CATFACE_HOST=127.0.0.1 -e CATFACE_PORT="$port" -e CATFACE_DRAIN_S="$DRAIN" "$IMAGE" >/dev/null
 
 show_logs() { "$DOCKER" logs --tail 30 "$container" 2>&1 | sed 's/^/  container: /'; }
@@ -218,6 +221,19 @@ until [ "$("$DOCKER" inspect -f '{{.State.Health.Status}}' "$container")" = heal
     sleep 2
 done
 say "HEALTHCHECK reports healthy"
+
+# ---- a burst at the shipped memory limit --------------------------------------------------------
+# 64 concurrent /detect: each is answered 200 or refused 503 (admission), and the container is
+# neither OOM-killed nor restarted.
+seq 64 | xargs -P 64 -I{} curl -s -o /dev/null -w '%{http_code}\n' --max-time 90 -F "image=@$PHOTO" "$url/detect" \
+    >"$work/burst" || true
+running || { show_logs; fail "the container died in a burst of 64 /detect (OOMKilled: $("$DOCKER" inspect -f '{{.State.OOMKilled}}' "$container"))"; }
+[ "$("$DOCKER" inspect -f '{{.State.OOMKilled}}' "$container")" = false ] || fail "OOM-killed in the burst"
+ok=$(grep -c '^200$' "$work/burst" || true)
+other=$(grep -v -c -E '^(200|503)$' "$work/burst" || true)
+[ "$ok" -ge 1 ] && [ "$other" = 0 ] || { sort "$work/burst" | uniq -c; fail "burst answers other than 200/503"; }
+peak=$("$DOCKER" exec "$container" cat /sys/fs/cgroup/memory.peak 2>/dev/null || echo unknown)
+say "burst of 64 at --memory $MEMORY: $ok answered 200, the rest 503; no OOM kill (cgroup peak: $peak bytes)"
 
 # ---- graceful stop -----------------------------------------------------------------------------
 # A request in flight when SIGTERM arrives must still be answered; then exit 0 within the grace.

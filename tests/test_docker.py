@@ -136,3 +136,17 @@ def test_compose_waits_for_the_drain():
     assert service["build"]["dockerfile"] == "docker/Dockerfile" and service["read_only"] is True
     grace = int(service["stop_grace_period"].rstrip("s"))
     assert grace > _shutdown_s(service.get("environment", {}))
+
+
+def test_compose_and_kubernetes_ship_the_same_memory_limit():
+    """One measured limit (README, Performance): the smoke test bursts at compose's mem_limit."""
+    yaml = pytest.importorskip("yaml")
+    service = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]["catface"]
+    (container,) = _manifests()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    units = {"g": 2**30, "Gi": 2**30, "m": 2**20, "Mi": 2**20}
+
+    def size(text: str) -> int:
+        number, unit = re.fullmatch(r"(\d+)([A-Za-z]+)", str(text)).groups()
+        return int(number) * units[unit]
+
+    assert size(service["mem_limit"]) == size(container["resources"]["limits"]["memory"])
