@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
-from dataclasses import dataclass
-
 import numpy as np
 
 from .batching import Batcher
 from .imaging import Photo
-from .pipeline import CatFace, Face
-
-
-@dataclass
-class PhotoBreeds:
-    cat: bool
-    faces: int
-    breeds: list[tuple[str, float]]
+from .pipeline import CatFace, Face, PhotoBreeds
 
 
 class Analyzer:
@@ -51,7 +42,7 @@ class Analyzer:
         faces = await self._faces(photo, deadline)
         if faces:
             crops, matrices, breed_inputs = await self._on_pixels(self._face_inputs, photo, faces)
-            (points,), (probabilities,) = await _both(
+            (points,), (probabilities, _) = await _both(
                 self.batchers["catlandmarks"].submit(crops, deadline),
                 self.batchers["catbreeds"].submit(breed_inputs, deadline))
             for face, out, matrix, breeds in zip(faces, points, matrices, self.catface.face_breeds(probabilities)):
@@ -61,14 +52,12 @@ class Analyzer:
         return [face.scaled(sx, sy) for face in faces]
 
     async def breeds(self, photo: Photo, deadline: float | None = None) -> PhotoBreeds:
-        """Breeds of the whole photo, asked only when the detector sees a cat face: the classifier
-        knows nothing but cat breeds and names one for any photo, dogs included."""
+        """Whether the whole photo shows a cat, and its breeds: every photo gets an answer, with
+        or without a face found (CatFace.photo_breeds says how)."""
         faces = await self._faces(photo, deadline)
-        if not faces:
-            return PhotoBreeds(False, 0, [])
         x = await self._on_pixels(self.catface.breed_inputs, photo.image, faces)
-        (probabilities,) = await self.batchers["catbreeds"].submit(x, deadline)
-        return PhotoBreeds(True, len(faces), self.catface.photo_breeds(probabilities))
+        probabilities, cat = await self.batchers["catbreeds"].submit(x, deadline)
+        return self.catface.photo_breeds(probabilities, cat[:, 0])
 
 
 async def _both(first, second):

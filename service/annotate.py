@@ -199,3 +199,10 @@ def render(image: Image.Image, faces: list[Face], sticker: Sticker | None, media
     """The annotated photo, encoded; draws on `image` itself (the caller's own copy)."""
     placements = draw_on(image, faces, sticker)
     return encode(image, media_type), placements
+
+
+def render_photo(photo, faces: list[Face], sticker: Sticker | None, media_type: str) -> tuple[bytes, list[Placement]]:
+    """Draw on an imaging.Photo decoded with keep_original: faces come in the original photo's
+    pixels, the drawing is on Photo.original (reduced to at most annotate_max_side)."""
+    sx, sy = photo.original.width / photo.width, photo.original.height / photo.height
+    return render(photo.original, [face.scaled(sx, sy) for face in faces], sticker, media_type)

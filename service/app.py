@@ -40,7 +40,7 @@ from .problems import PROBLEM_CONTENT, Problem, from_problem, problem_response
 from .runtime import ModelFileError
 from .schemas import LANDMARK_NAMES, BreedsResponse, DetectResponse, Health
 from .schemas import Problem as ProblemSchema
-from .schemas import breeds_out, face_out
+from .schemas import breeds_response, face_out
 from .stickers import Sticker
 
 log = logging.getLogger("catface")
@@ -130,10 +130,7 @@ async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Aw
         metrics.inflight.inc()
         try:
             deadline = loop.time() + settings.request_timeout_s
-            decode = partial(imaging.decode, data, max_bytes=settings.max_body_bytes, max_pixels=settings.max_pixels,
-                             decode_side=settings.decode_side, keep_original=keep_original,
-                             original_side=settings.annotate_max_side, max_decode_bytes=settings.max_decode_bytes,
-                             max_scan_work=settings.max_jpeg_scan_work)
+            decode = partial(imaging.decode, data, **settings.decode_limits(keep_original))
             try:
                 async with asyncio.timeout_at(deadline):
                     photo = await loop.run_in_executor(state.pixels, decode)
@@ -195,7 +192,7 @@ async def detect(request: Request) -> DetectResponse:
              summary="Whether the photo shows a cat, and its likely breeds", tags=["analysis"])
 async def breeds(request: Request) -> BreedsResponse:
     _, result = await _analyze(request, lambda a, p, d: a.breeds(p, d))
-    return BreedsResponse(cat=result.cat, faces=result.faces, breeds=breeds_out(result.breeds))
+    return breeds_response(result)
 
 
 _IMAGE = {"schema": {"type": "string", "format": "binary"}}
@@ -229,9 +226,7 @@ async def annotate_photo(
                                              "allows neither")
     # The same intake and analysis as /detect; only the drawing is extra.
     photo, faces = await _analyze(request, lambda a, p, d: a.detect(p, d), keep_original=True)
-    # Faces come in the original's pixels; the drawing is on the photo reduced to annotate_max_side.
-    sx, sy = photo.original.width / photo.width, photo.original.height / photo.height
-    drawing = partial(annotate.render, photo.original, [f.scaled(sx, sy) for f in faces], sticker, media_type)
+    drawing = partial(annotate.render_photo, photo, faces, sticker, media_type)
     body, placements = await asyncio.get_running_loop().run_in_executor(request.app.state.pixels, drawing)
     headers = {"X-Catface-Faces": str(len(faces)), "Vary": "Accept"}
     if placements:

@@ -37,7 +37,7 @@ from typing import Callable, TextIO
 from . import __version__, annotate, imaging
 from .config import Settings
 from .problems import Problem
-from .schemas import BreedsResponse, DetectResponse, breeds_out, face_out
+from .schemas import DetectResponse, breeds_response, face_out
 from .stickers import Sticker
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -185,8 +185,7 @@ class Local:
         except OSError as exc:
             return error_line(None, "unreadable-file", exc.strerror or str(exc))
         try:
-            return imaging.decode(data, max_bytes=limit, max_pixels=self.settings.max_pixels,
-                                  decode_side=self.settings.decode_side, keep_original=keep_original)
+            return imaging.decode(data, **self.settings.decode_limits(keep_original))
         except Problem as problem:
             return problem_line(problem)
 
@@ -195,13 +194,8 @@ class Local:
         return [face.scaled(sx, sy) for face in self.catface.detect([photo.image])[0]]
 
     def breeds(self, photo: imaging.Photo) -> dict:
-        cf = self.catface
-        scores, boxes = cf.detector.run(cf.detector_input(photo.image)[None])
-        faces = cf.faces_from(scores[0], boxes[0], photo.image)
-        if not faces:
-            return BreedsResponse(cat=False, faces=0, breeds=[]).model_dump()
-        (probabilities,) = cf.classifier.run(cf.breed_inputs(photo.image, faces))
-        return BreedsResponse(cat=True, faces=len(faces), breeds=breeds_out(cf.photo_breeds(probabilities))).model_dump()
+        (result,) = self.catface.classify([photo.image])
+        return breeds_response(result).model_dump()
 
     def run(self, args, jobs: list[Job], emit: Callable[[Job, dict], None]) -> None:
         """Decoding on `args.jobs` threads, a few photos ahead, while this thread runs the models;
@@ -249,7 +243,7 @@ class Local:
 
     @staticmethod
     def draw(photo: imaging.Photo, faces: list, sticker: Sticker | None, media_type: str, target: Path) -> dict:
-        body, placements = annotate.render(photo.original, faces, sticker, media_type)
+        body, placements = annotate.render_photo(photo, faces, sticker, media_type)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(body)

@@ -69,6 +69,12 @@ class Settings:
         values.update(overrides)
         return cls(**values).checked()
 
+    def decode_limits(self, keep_original: bool = False) -> dict:
+        """Keyword arguments of imaging.decode: the same intake for uploads and the command line."""
+        return dict(max_bytes=self.max_body_bytes, max_pixels=self.max_pixels, decode_side=self.decode_side,
+                    keep_original=keep_original, original_side=self.annotate_max_side,
+                    max_decode_bytes=self.max_decode_bytes, max_scan_work=self.max_jpeg_scan_work)
+
     def checked(self) -> "Settings":
         positive = ["max_batch_size", "queue_size", "max_inflight", "max_body_bytes", "max_upload_buffer_bytes",
                     "upload_timeout_s", "max_pixels", "max_decode_bytes", "max_jpeg_scan_work", "decode_side",

@@ -18,6 +18,16 @@ from .detection import select_faces
 from .runtime import DEFAULT_MODELS_DIR, OnnxModel, load_models
 
 BREED_CROP_SCALE = 2.0  # breeds look at the head and a little of the body around the face
+CAT_THRESHOLD = 0.5  # the classifier's cat probability a photo needs to be called a cat: even odds, set a priori
+
+
+@dataclass
+class PhotoBreeds:
+    cat: bool
+    faces: int                           # cat faces the detector found
+    breeds: list[tuple[str, float]]
+    basis: str                           # "face_and_photo" (one face's crop and the photo) or "photo"
+    cat_score: float                     # the classifier's highest cat probability over its views
 
 
 @dataclass
@@ -47,6 +57,7 @@ class CatFace:
         self.crop_scale = self.landmarker.entry["inputs"][0]["crop"]["scale"]
         self.breed_labels = self.classifier.entry["labels"]
         self.breed_threshold = self.classifier.entry["report_threshold"]
+        self.cat_threshold = self.classifier.entry["cat_threshold"]
 
     # ---- stages ------------------------------------------------------------------------------
     def detector_input(self, image: Image.Image) -> np.ndarray:
@@ -96,8 +107,17 @@ class CatFace:
         crops, whole = probabilities[:-1], probabilities[-1]
         return (crops[0] + whole) / 2 if len(crops) == 1 else whole
 
-    def photo_breeds(self, probabilities: np.ndarray) -> list[tuple[str, float]]:
-        return self.breeds_from(self.photo_probabilities(probabilities))
+    def photo_breeds(self, probabilities: np.ndarray, cat_scores: np.ndarray) -> PhotoBreeds:
+        """The answer about a whole photo from the classifier's rows of breed_inputs (face crops,
+        then the photo). It shows a cat when the classifier's cat output says so for the photo or
+        for a detected face's crop (a dog's face the detector took for a cat's is no cat); its
+        breeds are the product rule's (one face: crop and photo averaged, else the photo)."""
+        cat_score = float(np.max(cat_scores))
+        if cat_score < self.cat_threshold:
+            return PhotoBreeds(False, len(probabilities) - 1, [], "photo", cat_score)
+        basis = "face_and_photo" if len(probabilities) == 2 else "photo"
+        return PhotoBreeds(True, len(probabilities) - 1, self.breeds_from(self.photo_probabilities(probabilities)),
+                           basis, cat_score)
 
     # ---- synchronous batch API ---------------------------------------------------------------
     def detect(self, images: list[Image.Image], breeds: bool = True) -> list[list[Face]]:
@@ -115,7 +135,7 @@ class CatFace:
             if breeds:
                 with_faces = [(im, faces) for im, faces in zip(images, found) if faces]
                 rows = [self.breed_inputs(im, faces) for im, faces in with_faces]
-                (probs,) = self.classifier.run(np.concatenate(rows))
+                probs, _ = self.classifier.run(np.concatenate(rows))
                 start = 0
                 for (_, faces), r in zip(with_faces, rows):
                     for face, breeds in zip(faces, self.face_breeds(probs[start : start + len(r)])):
@@ -123,10 +143,16 @@ class CatFace:
                     start += len(r)
         return found
 
-    def classify(self, images: list[Image.Image]) -> list[np.ndarray]:
-        """Breed probabilities of each whole photo, in label order."""
-        (probs,) = self.classifier.run(np.stack([self.breed_input(im) for im in images]))
-        return list(probs)
+    def classify(self, images: list[Image.Image]) -> list[PhotoBreeds]:
+        """What POST /breeds answers for each photo: the detector, then the classifier on the faces'
+        crops and the whole photo."""
+        out = []
+        for image in images:
+            scores, boxes = self.detector.run(self.detector_input(image)[None])
+            faces = self.faces_from(scores[0], boxes[0], image)
+            probabilities, cat = self.classifier.run(self.breed_inputs(image, faces))
+            out.append(self.photo_breeds(probabilities, cat[:, 0]))
+        return out
 
 
 def load(models_dir: Path = DEFAULT_MODELS_DIR, threads: int | None = None, arena: bool = True) -> CatFace:

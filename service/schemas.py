@@ -3,7 +3,7 @@ freely, never rename. Pixel coordinates are rounded to 0.01 px and scores to 1e-
 finer than the models can tell and keeps answers short."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,9 +46,16 @@ class DetectResponse(BaseModel):
 
 
 class BreedsResponse(BaseModel):
-    cat: bool = Field(description="whether the photo shows a cat face")
+    cat: bool = Field(description="whether the photo shows a cat: the classifier's cat probability (of the "
+                                  "whole photo or of a detected face's crop) is at least the manifest's "
+                                  "cat_threshold. A cat seen from behind or in profile is a cat too")
+    cat_score: float = Field(ge=0, le=1, description="the highest cat probability over the photo and its faces' crops")
     faces: int = Field(description="how many cat faces the detector found")
-    breeds: list[Breed] = Field(description="breeds of the whole photo with score >= 5%, best first; "
+    based_on: Literal["face_and_photo", "photo"] = Field(
+        description="what the breeds were read from: `face_and_photo` = the one face's crop and the whole photo "
+                    "averaged; `photo` = the whole photo (no face found, or several faces: see POST /detect "
+                    "for each face's breeds)")
+    breeds: list[Breed] = Field(description="breeds of the cat in the photo with score >= 5%, best first; "
                                             "empty when there is no cat")
 
 
@@ -103,3 +110,9 @@ def face_out(face, landmark_names) -> Face:
 
 def breeds_out(breeds: list[tuple[str, float]]) -> list[Breed]:
     return [Breed(breed=name, score=round(score, 4)) for name, score in breeds]
+
+
+def breeds_response(result) -> BreedsResponse:
+    """A pipeline.PhotoBreeds as the public JSON."""
+    return BreedsResponse(cat=result.cat, cat_score=round(result.cat_score, 4), faces=result.faces,
+                          based_on=result.basis, breeds=breeds_out(result.breeds))

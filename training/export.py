@@ -20,6 +20,7 @@ from . import data
 from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
 from .train_detector import IOU_THRESHOLD, SCORE_THRESHOLD, SERVE_INPUT
 from .train_landmarks import CROP_SCALE
+from service.pipeline import BREED_CROP_SCALE, CAT_THRESHOLD
 
 VERSION = "1.0.0"
 OPSET = 17
@@ -36,7 +37,8 @@ def load_checkpoint(kind, path: Path):
     """A trained model as shipped (eval mode; landmarker and classifier average with the mirror)."""
     state = torch.load(path, map_location="cpu")
     size = SERVE_INPUT if kind is CatFaceDetector else state["input"]
-    model = kind(EfficientNetLite0(), size) if kind is not CatBreedClassifier else kind(EfficientNetLite0())
+    backbone = EfficientNetLite0(state.get("backbone", "lite0"))
+    model = kind(backbone, size) if kind is not CatBreedClassifier else kind(backbone)
     model.load_state_dict(state["model"])
     if kind in (CatLandmarker, CatBreedClassifier):  # measured: mirror averaging does not help the detector
         model.flip_average = True
@@ -95,10 +97,18 @@ def breeds_entry(size: int) -> dict:
     return {
         "name": "catbreeds", "format": "onnx", "version": VERSION, "task": "cat breed classification",
         "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],
-                    "resize": f"the photo (or a face crop) stretched to {size}x{size}"}],
-        "outputs": [{"name": "probabilities", "shape": ["batch", len(data.BREEDS)], "meaning": "softmax over labels"}],
+                    "resize": f"the photo (or a face crop) stretched to {size}x{size}",
+                    "crop": {"scale": BREED_CROP_SCALE,
+                             "rule": f"a face's view: a square of side {BREED_CROP_SCALE} x the longer side of the "
+                                     f"face box, centred on the box, resized to {size}x{size}; outside the photo is black"}}],
+        "outputs": [{"name": "probabilities", "shape": ["batch", len(data.BREEDS)], "meaning": "softmax over labels"},
+                    {"name": "cat", "shape": ["batch", 1],
+                     "meaning": "probability that the view shows a cat at all (dog photos were the negatives)"}],
         "labels": data.BREEDS,
         "report_threshold": 0.05,
+        "cat_threshold": CAT_THRESHOLD,
+        "product_rule": "one face found: its crop and the whole photo averaged; otherwise the whole photo. "
+                        "The photo shows a cat when `cat` >= cat_threshold for the photo or a face's crop",
     }
 
 
@@ -130,7 +140,7 @@ def main(argv=None):
         entries.append({**landmarks_entry(size), **file_facts(args.out / "catlandmarks.onnx")})
     if "catbreeds" in args.only:
         model, size = load_checkpoint(CatBreedClassifier, args.runs / "breeds" / "checkpoint.pt")
-        export_onnx(model, size, ["probabilities"], args.out / "catbreeds.onnx")
+        export_onnx(model, size, ["probabilities", "cat"], args.out / "catbreeds.onnx")
         entries.append({**breeds_entry(size), **file_facts(args.out / "catbreeds.onnx")})
     update_manifest(args.out, entries)
     for e in entries:

@@ -32,6 +32,7 @@ from . import data
 from .export import VERSION, breeds_entry, detector_entry, file_facts, landmarks_entry, load_checkpoint, update_manifest
 from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker
 from .train_detector import IOU_THRESHOLD, SCORE_THRESHOLD
+from service.pipeline import BREED_CROP_SCALE
 
 AUTHOR = "catface contributors"
 LICENSE = ("Code: Apache-2.0. Weights: trained on public datasets that keep their own terms "
@@ -207,17 +208,31 @@ def export_landmarks(model: CatLandmarker, size: int, precision: str):
     return spec
 
 
+class BreedProbabilities(nn.Module):
+    """The classifier's breed output alone: a Vision classifier has one probability output. The
+    cat / not-a-cat output stays in the ONNX file (the server's); on the phone the Vision
+    detector says whether there is a cat face."""
+
+    def __init__(self, classifier: CatBreedClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pixels):
+        return self.classifier(pixels)[0]
+
+
 def export_breeds(model: CatBreedClassifier, size: int, precision: str):
     import coremltools as ct
 
-    spec = convert(model, size, [], classifier_labels=data.BREEDS)
+    spec = convert(BreedProbabilities(model), size, [], classifier_labels=data.BREEDS)
     # the converter names the probabilities after the traced graph's last value
     ct.utils.rename_feature(spec, spec.description.predictedProbabilitiesName, "classLabelProbs")
     if precision == "float16":
         half_weights(spec)
     d = spec.description
     describe(spec, "Likely breed of a cat among 12 (Oxford-IIIT Pet breeds).", {
-        "image": f"A photo of a cat or a square crop of 2 x the face box around it, stretched to {size}x{size}.",
+        "image": f"A photo of a cat or a square crop of {BREED_CROP_SCALE:g} x the face box around it, "
+                 f"stretched to {size}x{size}.",
         d.predictedFeatureName: "The most likely breed.",
         d.predictedProbabilitiesName: "Probability of each of the 12 breeds (they sum to 1); "
                                       "the server reports breeds from 0.05 up.",
@@ -242,7 +257,7 @@ def verify_against_torch(name: str, spec, module: nn.Module, size: int, seed: in
         diff = np.abs(check.predict(spec, {"image": pixels})["landmarks"] - want.numpy()).max()
     else:
         probs = check.predict(spec, {"image": pixels})[spec.description.predictedProbabilitiesName]
-        diff = np.abs(np.array([probs[b] for b in data.BREEDS]) - want.numpy()[0]).max()
+        diff = np.abs(np.array([probs[b] for b in data.BREEDS]) - want[0].numpy()[0]).max()
     bound = check.BOUNDS[check.weight_precision(spec)]
     if not diff < bound:
         raise AssertionError(f"{name}: Core ML spec differs from torch by {diff:.3g} (bound {bound:g})")

@@ -1,0 +1,84 @@
+"""int8 ONNX files next to the float ones: static QDQ, per-channel weights, calibrated on
+training photos fed exactly as the service feeds them (its own stage functions).
+
+    python -m training.quantize --data ../shared/data --models models --out runs/int8
+
+Writes <out>/<model>.int8.onnx for catface, catlandmarks and catbreeds. Whether one ships is
+decided by measurement: `python -m training.evaluate --models <a models dir using them>` on the
+validation split, against the float numbers (issue 17's bounds: detector recall and false faces
+within 0.5 point, landmark NME within 0.002, breeds top-1 and macro F1 within 0.5 point).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from PIL import Image
+
+from service.pipeline import CatFace, load
+
+from .train_breeds import datasets as breed_datasets
+from .train_detector import split_sources
+
+
+class Rows(CalibrationDataReader):
+    def __init__(self, rows: list[np.ndarray]):
+        self.rows = iter([{"image": r[None].astype(np.float32)} for r in rows])
+
+    def get_next(self):
+        return next(self.rows, None)
+
+
+def calibration_rows(catface: CatFace, data_dir: Path, count: int) -> dict[str, list[np.ndarray]]:
+    """Model inputs from training photos: Crawford cats and dogs for the detector, the faces the
+    detector finds for the landmarker, photos and face crops of Oxford + extra cats for breeds."""
+    cats, dogs = split_sources(data_dir, "train")
+    detector_photos = [c.path for c in cats[:: max(1, len(cats) // count)]] + dogs[:: max(1, len(dogs) // (count // 4))]
+    train, extra, _ = breed_datasets(data_dir)
+    breed_photos = [p for p, _ in (train + extra)[:: max(1, len(train + extra) // count)]]
+    rows: dict[str, list[np.ndarray]] = {"catface": [], "catlandmarks": [], "catbreeds": []}
+    for path in detector_photos:
+        image = Image.open(path).convert("RGB")
+        rows["catface"].append(catface.detector_input(image))
+        for face in catface.detect([image], breeds=False)[0][:1]:
+            rows["catlandmarks"].append(catface.landmark_input(image, face)[0])
+    for path in breed_photos:
+        image = Image.open(path).convert("RGB")
+        faces = catface.detect([image], breeds=False)[0]
+        rows["catbreeds"].extend(catface.breed_inputs(image, faces[:1]))
+    return rows
+
+
+def quantize(source: Path, target: Path, rows: list[np.ndarray]) -> None:
+    with tempfile.TemporaryDirectory() as work:
+        prepared = Path(work) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared))
+        quantize_static(str(prepared), str(target), Rows(rows), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--out", type=Path, default=Path("runs/int8"))
+    parser.add_argument("--only", nargs="*", default=["catface", "catlandmarks", "catbreeds"])
+    parser.add_argument("--photos", type=int, default=96, help="calibration photos per model")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    catface = load(args.models)
+    rows = calibration_rows(catface, args.data, args.photos)
+    for name in args.only:
+        source = args.models / catface.models[name].entry["file"]
+        target = args.out / f"{name}.int8.onnx"
+        quantize(source, target, rows[name])
+        print(f"{target}: {target.stat().st_size / 1e6:.2f} MB from {len(rows[name])} calibration rows "
+              f"({source.stat().st_size / 1e6:.2f} MB float)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
