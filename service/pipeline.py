@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image
 
 from . import geometry
+from .contract import BREED_CROP_SCALE  # noqa: F401  (also imported from here by training)
 from .detection import select_faces
 from .runtime import DEFAULT_MODELS_DIR, OnnxModel, load_models
 
-BREED_CROP_SCALE = 2.0  # breeds look at the head and a little of the body around the face
 
 
 @dataclass

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from service.contract import DETECTOR_INPUT, IOU_THRESHOLD, LANDMARK_CROP_SCALE, MAX_FACES, SCORE_THRESHOLD
+
 from . import data
 from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
-from .train_detector import IOU_THRESHOLD, SCORE_THRESHOLD, SERVE_INPUT
-from .train_landmarks import CROP_SCALE
 
 VERSION = "1.0.0"
 OPSET = 17
@@ -35,7 +35,7 @@ def file_facts(path: Path) -> dict:
 def load_checkpoint(kind, path: Path):
     """A trained model as shipped (eval mode; landmarker and classifier average with the mirror)."""
     state = torch.load(path, map_location="cpu")
-    size = SERVE_INPUT if kind is CatFaceDetector else state["input"]
+    size = DETECTOR_INPUT if kind is CatFaceDetector else state["input"]
     model = kind(EfficientNetLite0(), size) if kind is not CatBreedClassifier else kind(EfficientNetLite0())
     model.load_state_dict(state["model"])
     if kind in (CatLandmarker, CatBreedClassifier):  # measured: mirror averaging does not help the detector
@@ -72,7 +72,7 @@ def detector_entry(size: int, grid: int) -> dict:
         "anchors": {"kind": "grid", "stride": CatFaceDetector.STRIDE, "grid": [grid, grid], "order": "row-major",
                     "centre": f"((col + 0.5) / {grid}, (row + 0.5) / {grid})",
                     "decoding": "box = centre -/+ exp(ltrb) * stride / input, done inside the graph"},
-        "postprocess": {"score_threshold": SCORE_THRESHOLD, "iou_threshold": IOU_THRESHOLD, "max_faces": 20,
+        "postprocess": {"score_threshold": SCORE_THRESHOLD, "iou_threshold": IOU_THRESHOLD, "max_faces": MAX_FACES,
                         "method": "greedy NMS over boxes with score >= threshold; multiply by the photo's width/height"},
         "box_convention": "the tight box around the 9 Crawford landmarks (ears included), clamped to the image",
         "labels": ["cat"],
@@ -83,7 +83,7 @@ def landmarks_entry(size: int) -> dict:
     return {
         "name": "catlandmarks", "format": "onnx", "version": VERSION, "task": "9 cat face landmarks",
         "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],
-                    "crop": {"scale": CROP_SCALE, "rule": f"a square of side {CROP_SCALE} x the longer side of the face box, "
+                    "crop": {"scale": LANDMARK_CROP_SCALE, "rule": f"a square of side {LANDMARK_CROP_SCALE} x the longer side of the face box, "
                              f"centred on the box, resized to {size}x{size}; outside the photo is black"}}],
         "outputs": [{"name": "landmarks", "shape": ["batch", 18],
                      "meaning": "x0, y0, ..., x8, y8 normalised to the crop (0..1), in landmark_names order"}],

@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from service.contract import DETECTOR_INPUT, DETECTOR_TRAIN_INPUT, IOU_THRESHOLD, MAX_FACES, SCORE_THRESHOLD
+
 from . import data
 from .augment import affine, jitter_colour, move_points, to_chw, warp
 from .nets import CatFaceDetector, freeze, pretrained_backbone
 
 # ---- config -------------------------------------------------------------------------------
-INPUT = 192
+INPUT = DETECTOR_TRAIN_INPUT  # served at DETECTOR_INPUT: see service/contract.py
 BATCH = 32
 STEPS_PER_EPOCH = 40
 EPOCHS = 30
@@ -39,15 +41,6 @@ CACHE_SIDE = 320  # photos are kept in memory at this longer side
 # Before them the validation misses were mostly these (4 of 8 faces rolled past 90 degrees).
 ANY_ANGLE_P = 0.25
 CLOSE_UP_P = 0.1
-# Serving (read by the exporters): the net is fully convolutional, and at 256 px it finds small
-# faces better than at the 192 px it was trained on (validation, second cycle's detector: three
-# cats in a 2x2 mosaic 0.83 vs 0.76); a 0.6 threshold keeps false faces on dogs at 0.017, and NMS
-# at IoU 0.3 removes the shifted duplicates the larger input brings (precision 0.91 -> 0.95).
-# The model card's threshold table measures the shipped detector. (A fourth cycle with
-# --sizes 192,256,320, served at 320, found more small faces but missed more big heads on
-# Oxford photos; not shipped, see the model card.)
-SERVE_INPUT = 256
-SCORE_THRESHOLD, IOU_THRESHOLD = 0.6, 0.3
 
 
 def load_small(path: Path, side: int = CACHE_SIDE) -> tuple[Image.Image, float]:
@@ -209,15 +202,15 @@ def quick_validation(model, cats, dogs):
     from service.detection import iou, select_faces
 
     model.eval()
-    model.set_input_size(SERVE_INPUT)
+    model.set_input_size(DETECTOR_INPUT)
     hits = total = false_on_dogs = 0
     for batch_start in range(0, len(cats) + len(dogs), 32):
         chunk = (cats + dogs)[batch_start : batch_start + 32]
         images = [Image.open(p.path if isinstance(p, data.CatPhoto) else p).convert("RGB") for p in chunk]
-        x = torch.from_numpy(np.stack([to_chw(im.resize((SERVE_INPUT, SERVE_INPUT), Image.BILINEAR)) for im in images]))
+        x = torch.from_numpy(np.stack([to_chw(im.resize((DETECTOR_INPUT, DETECTOR_INPUT), Image.BILINEAR)) for im in images]))
         scores, boxes = model(x)
         for item, im, s, b in zip(chunk, images, scores.numpy(), boxes.numpy()):
-            found, _ = select_faces(s, b, SCORE_THRESHOLD, IOU_THRESHOLD, 20)
+            found, _ = select_faces(s, b, SCORE_THRESHOLD, IOU_THRESHOLD, MAX_FACES)
             found = found * [im.width, im.height, im.width, im.height]
             if isinstance(item, data.CatPhoto):
                 for pts in item.landmarks:

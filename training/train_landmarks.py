@@ -18,13 +18,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from service.contract import LANDMARK_CROP_SCALE, LANDMARK_INPUT
+
 from . import data
 from .augment import affine, crop_around_box, jitter_colour, move_points, to_chw, warp
 from .nets import CatLandmarker, freeze, pretrained_backbone
 
 # ---- config -------------------------------------------------------------------------------
-INPUT = 192
-CROP_SCALE = 1.4  # crop side / longer side of the face box; the manifest tells the server
+INPUT = LANDMARK_INPUT
+CROP_SCALE = LANDMARK_CROP_SCALE  # crop side / longer side of the face box; the manifest tells the server
 BATCH = 32
 EPOCHS = 40
 LR_HEAD, LR_BACKBONE = 2e-3, 5e-4
