@@ -118,11 +118,8 @@ def in_process_rows(photos, args) -> tuple[list[dict], dict]:
         return len(batch)
 
     def breed_rows(image, faces) -> np.ndarray:
-        # The classifier's rows for one photo, as service.analysis builds them: the face crops and
-        # the whole photo where the pipeline has breed_inputs, else the whole photo alone.
-        if hasattr(catface, "breed_inputs"):
-            return catface.breed_inputs(image, faces)
-        return catface.breed_input(image)[None]
+        # The classifier's rows for one photo, as service.analysis builds them: the face crops and the whole photo.
+        return catface.breed_inputs(image, faces)
 
     pre = decoded(0, len(blobs)) * 2  # for the model-only row; doubled so slices wrap around
     catface.detect([p.image for p in pre[:MAX_BATCH]])  # warm-up at the batch size

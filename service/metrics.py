@@ -56,9 +56,6 @@ class ModelObserver:
     def queue_depth(self, depth: int) -> None:
         self._depth.set(depth)
 
-    def refused(self, reason: str) -> None:
-        pass  # the app counts refusals once per request, in catface_rejections_total
-
     def dropped(self, reason: str) -> None:
         self._m.dropped.labels(self._model, reason).inc()
 

@@ -16,6 +16,7 @@ from PIL import Image
 from . import geometry
 from .contract import BREED_CROP_SCALE  # noqa: F401  (also imported from here by training)
 from .detection import select_faces
+from .geometry import to_chw
 from .runtime import DEFAULT_MODELS_DIR, OnnxModel, load_models
 
 
@@ -29,13 +30,6 @@ class Face:
 
     def scaled(self, sx: float, sy: float) -> "Face":
         return Face(self.box * [sx, sy, sx, sy], self.score, self.landmarks * [sx, sy], self.breeds)
-
-
-def to_chw(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """Stretch to (height, width) and lay out as CHW float32 0..255."""
-    if image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), Image.BILINEAR)
-    return np.asarray(image, np.float32).transpose(2, 0, 1)
 
 
 class CatFace:

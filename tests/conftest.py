@@ -23,6 +23,7 @@ from PIL import Image
 from service.app import create_app
 from service.config import Settings
 from service.pipeline import load
+from service.state import ServiceState
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
@@ -149,8 +150,12 @@ class LiveApp:
         return self.call(many())
 
     @property
+    def state(self) -> ServiceState:
+        return self.app.state.service
+
+    @property
     def batchers(self):
-        return self.app.state.analyzer.batchers
+        return self.state.analyzer.batchers
 
     def metric(self, name: str, **labels) -> float:
         """A sample's value from /metrics (0 when absent)."""

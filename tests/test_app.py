@@ -65,7 +65,7 @@ def test_cat_photo_gives_a_face_with_sensible_landmarks_and_breeds(live, name):
     assert np.linalg.norm(points(face) - truth, axis=1).mean() < 0.35 * eye_distance
     scores = [b["score"] for b in face["breeds"]]
     assert scores and scores == sorted(scores, reverse=True) and min(scores) >= 0.05
-    labels = set(live.app.state.analyzer.catface.breed_labels)
+    labels = set(live.state.analyzer.pipeline.breed_labels)
     assert {b["breed"] for b in face["breeds"]} <= labels
 
 
@@ -274,13 +274,13 @@ def test_health_endpoints(live):
 
 
 def test_readyz_is_503_while_draining(live):
-    live.app.state.draining = True
+    live.state.draining = True
     try:
         response = live.get("/readyz")
         assert_problem(response, 503, "draining")
         assert response.headers["retry-after"]
     finally:
-        live.app.state.draining = False
+        live.state.draining = False
     assert live.get("/readyz").status_code == 200
 
 
@@ -357,7 +357,7 @@ def detect_task(live, data: bytes) -> asyncio.Future:
 
 async def wait_for_metric(live, name: str, value: float, **labels) -> None:
     for _ in range(200):
-        if live.app.state.metrics.registry.get_sample_value(name, labels) == value:
+        if live.state.metrics.registry.get_sample_value(name, labels) == value:
             return
         await asyncio.sleep(0.02)
 

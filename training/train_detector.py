@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from service.geometry import to_chw
 from service.contract import DETECTOR_INPUT, DETECTOR_TRAIN_INPUT, IOU_THRESHOLD, MAX_FACES, SCORE_THRESHOLD
 
 from . import data
-from .augment import affine, jitter_colour, move_points, to_chw, warp
+from .augment import affine, jitter_colour, move_points, warp
 from .nets import CatFaceDetector, freeze, pretrained_backbone
 
 # ---- config -------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ def quick_validation(model, cats, dogs):
     for batch_start in range(0, len(cats) + len(dogs), 32):
         chunk = (cats + dogs)[batch_start : batch_start + 32]
         images = [Image.open(p.path if isinstance(p, data.CatPhoto) else p).convert("RGB") for p in chunk]
-        x = torch.from_numpy(np.stack([to_chw(im.resize((DETECTOR_INPUT, DETECTOR_INPUT), Image.BILINEAR)) for im in images]))
+        x = torch.from_numpy(np.stack([to_chw(im, (DETECTOR_INPUT, DETECTOR_INPUT)) for im in images]))
         scores, boxes = model(x)
         for item, im, s, b in zip(chunk, images, scores.numpy(), boxes.numpy()):
             found, _ = select_faces(s, b, SCORE_THRESHOLD, IOU_THRESHOLD, MAX_FACES)

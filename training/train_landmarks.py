@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from service.geometry import to_chw
 from service.contract import LANDMARK_CROP_SCALE, LANDMARK_INPUT
 
 from . import data
-from .augment import affine, crop_around_box, jitter_colour, move_points, to_chw, warp
+from .augment import affine, crop_around_box, jitter_colour, move_points, warp
 from .nets import CatLandmarker, freeze, pretrained_backbone
 
 # ---- config -------------------------------------------------------------------------------
