@@ -14,30 +14,13 @@ from PIL import Image
 from service.logs import JsonFormatter
 from service.schemas import LANDMARK_NAMES
 
-from .conftest import CATS, LiveApp, data_file, encode, ground_truth, make_settings, photo, png16_rgb, png_raw
-from .test_imaging import STORED_FROM_UPRIGHT, heic_claiming, iphone_style
+from .conftest import (CATS, STORED_FROM_UPRIGHT, LiveApp, assert_problem, data_file, encode, ground_truth, heic_claiming,
+                       iphone_style, make_settings, photo, png16_rgb, png_raw, post_photo)
 
-PROBLEM = "application/problem+json"
-
-
-def post_photo(live, data: bytes, url="/detect", **kw):
-    return live.post(url, files={"image": ("photo", data, "application/octet-stream")}, **kw)
 
 
 def points(face: dict, names=("left_eye", "right_eye", "mouth")) -> np.ndarray:
     return np.array([face["landmarks"][n] for n in names], float)
-
-
-def assert_problem(response, status: int, slug: str | None = None):
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status and body["title"]
-    assert "Traceback" not in response.text
-    if slug:
-        assert body["type"] == f"urn:catface:problem:{slug}"
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
 
 
 # ---- what users get --------------------------------------------------------------------------
