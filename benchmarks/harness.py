@@ -136,7 +136,7 @@ class Server:
             self.process.kill()
             self.process.wait(10)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Annotated, Awaitable, Callable, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder

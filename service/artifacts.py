@@ -33,7 +33,7 @@ class Artifacts:
         self.by_file = {entry["file"]: entry for entry in entries}
 
     @classmethod
-    def load(cls, models_dir: Path) -> "Artifacts":
+    def load(cls, models_dir: Path) -> Artifacts:
         """Check every file of the manifest (ModelFileError if one is missing or altered)."""
         entries = read_manifest(models_dir)["models"]
         return cls(entries, {entry["file"]: verified_path(models_dir, entry) for entry in entries})

@@ -20,7 +20,6 @@ from .geometry import to_chw
 from .runtime import DEFAULT_MODELS_DIR, OnnxModel, load_models
 
 
-
 @dataclass
 class Face:
     box: np.ndarray  # x_min, y_min, x_max, y_max in photo pixels
@@ -28,7 +27,7 @@ class Face:
     landmarks: np.ndarray = field(default_factory=lambda: np.zeros((9, 2), np.float32))  # (9, 2) pixels
     breeds: list[tuple[str, float]] = field(default_factory=list)
 
-    def scaled(self, sx: float, sy: float) -> "Face":
+    def scaled(self, sx: float, sy: float) -> Face:
         return Face(self.box * [sx, sy, sx, sy], self.score, self.landmarks * [sx, sy], self.breeds)
 
 

@@ -14,9 +14,22 @@ from PIL import Image
 from service.logs import JsonFormatter
 from service.schemas import LANDMARK_NAMES
 
-from .conftest import (CATS, STORED_FROM_UPRIGHT, LiveApp, assert_problem, data_file, encode, ground_truth, heic_claiming,
-                       iphone_style, make_settings, photo, png16_rgb, png_raw, post_photo)
-
+from .conftest import (
+    CATS,
+    STORED_FROM_UPRIGHT,
+    LiveApp,
+    assert_problem,
+    data_file,
+    encode,
+    ground_truth,
+    heic_claiming,
+    iphone_style,
+    make_settings,
+    photo,
+    png16_rgb,
+    png_raw,
+    post_photo,
+)
 
 
 def points(face: dict, names=("left_eye", "right_eye", "mouth")) -> np.ndarray:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from service.cli import main
 
-from .conftest import CATS, DOGS, REPO, data_file, encode, free_port, iphone_style, photo, service_process
+from .conftest import CATS, DOGS, REPO, data_file, free_port, iphone_style, photo, service_process
 
 FAST = ["--threads", "1", "--jobs", "2"]  # a shared machine
 

@@ -8,7 +8,17 @@ from PIL import Image
 from service.imaging import decode, sniff
 from service.problems import Problem
 
-from .conftest import CATS, STORED_FROM_UPRIGHT, encode, heic_claiming, iphone_style, iso_boxes, pattern, photo, png16_rgb, png_raw
+from .conftest import (
+    CATS,
+    STORED_FROM_UPRIGHT,
+    encode,
+    heic_claiming,
+    iphone_style,
+    pattern,
+    photo,
+    png16_rgb,
+    png_raw,
+)
 
 LIMITS = dict(max_bytes=10_000_000, max_pixels=40_000_000, decode_side=800)
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from service.geometry import to_chw
 from service.contract import DETECTOR_INPUT, DETECTOR_TRAIN_INPUT, IOU_THRESHOLD, MAX_FACES, SCORE_THRESHOLD
+from service.geometry import to_chw
 
 from . import data, loop
 from .augment import affine, jitter_colour, move_points, warp

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from service.geometry import to_chw
 from service.contract import LANDMARK_CROP_SCALE, LANDMARK_INPUT
+from service.geometry import to_chw
 
 from . import data, loop
 from .augment import affine, crop_around_box, jitter_colour, move_points, warp
