@@ -27,12 +27,22 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from training.haar import haar_cascade, haar_faces  # noqa: E402
-from benchmarks.harness import (REPO, Server, closed_loop, latency_ms, machine, metric, model_versions,  # noqa: E402
-                                multipart, real_photos, request_bytes)
+from benchmarks.harness import (  # noqa: E402
+    REPO,
+    Server,
+    closed_loop,
+    latency_ms,
+    machine,
+    metric,
+    model_versions,
+    multipart,
+    real_photos,
+    request_bytes,
+)
 from service import imaging  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.pipeline import load  # noqa: E402
+from training.haar import haar_cascade, haar_faces  # noqa: E402
 
 MAX_BATCH = 16
 MODES = {  # name -> server environment
@@ -118,11 +128,8 @@ def in_process_rows(photos, args) -> tuple[list[dict], dict]:
         return len(batch)
 
     def breed_rows(image, faces) -> np.ndarray:
-        # The classifier's rows for one photo, as service.analysis builds them: the face crops and
-        # the whole photo where the pipeline has breed_inputs, else the whole photo alone.
-        if hasattr(catface, "breed_inputs"):
-            return catface.breed_inputs(image, faces)
-        return catface.breed_input(image)[None]
+        # The classifier's rows for one photo, as service.analysis builds them: the face crops and the whole photo.
+        return catface.breed_inputs(image, faces)
 
     pre = decoded(0, len(blobs)) * 2  # for the model-only row; doubled so slices wrap around
     catface.detect([p.image for p in pre[:MAX_BATCH]])  # warm-up at the batch size
@@ -280,7 +287,7 @@ def main() -> None:
     args.levels = [int(c) for c in args.concurrency.split(",")]
 
     photos = real_photos(cats=args.cats, dogs=args.dogs)
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     service, peaks = service_rows(photos, args)
     ceiling, found = in_process_rows(photos, args)
     haar, haar_found = haar_row(photos, args)

@@ -119,12 +119,7 @@ class Server:
         status, body = get(self.port, "/metrics", timeout=10)
         if status != 200:
             raise RuntimeError(f"/metrics answered {status}")
-        samples = {}
-        for line in body.decode().splitlines():
-            if line and not line.startswith("#"):
-                key, value = line.rsplit(" ", 1)
-                samples[key] = float(value)
-        return samples
+        return parse_metrics(body.decode())
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM (drain), then SIGKILL if it does not exit in time; the exit code."""
@@ -141,11 +136,21 @@ class Server:
             self.process.kill()
             self.process.wait(10)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:
         self.kill()
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> every sample keyed by its text form, e.g. 'catface_batch_size_sum{model="catface"}'."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
 
 
 def metric(samples: dict[str, float], name: str, **labels) -> float:

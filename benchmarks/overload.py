@@ -30,8 +30,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.harness import (REPO, RssSampler, Server, closed_loop, latency_ms, machine, metric,  # noqa: E402
-                                model_versions, multipart, open_loop, real_photos, request_bytes)
+from benchmarks.harness import (  # noqa: E402
+    REPO,
+    RssSampler,
+    Server,
+    closed_loop,
+    latency_ms,
+    machine,
+    metric,
+    model_versions,
+    multipart,
+    open_loop,
+    real_photos,
+    request_bytes,
+)
 from service.config import Settings  # noqa: E402
 
 REFUSAL_P99_S = 0.5    # a refusal must be cheap for the client too: well under one answer's latency
@@ -94,7 +106,7 @@ def run(seconds: float = 60, factor: float = 4, threads: int = 2, probe_seconds:
     rss_overload = max((b for t, b in samples if baseline_end <= t <= baseline_end + seconds), default=0) / 2**20
     refusal_p99 = latency_ms(refused)["p99"]
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(), "models": model_versions(),
         "settings": {"threads": threads, "factor": factor, "seconds": seconds, "max_inflight": settings.max_inflight,
                      "queue_size": settings.queue_size, "max_batch_size": settings.max_batch_size,

@@ -33,8 +33,19 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.harness import (REPO, RssSampler, Server, closed_loop, latency_ms, machine, metric,  # noqa: E402
-                                model_versions, multipart, real_photos, request_bytes)
+from benchmarks.harness import (  # noqa: E402
+    REPO,
+    RssSampler,
+    Server,
+    closed_loop,
+    latency_ms,
+    machine,
+    metric,
+    model_versions,
+    multipart,
+    real_photos,
+    request_bytes,
+)
 
 GROWTH_LIMIT = 0.05
 
@@ -125,7 +136,7 @@ def run(seconds: float = 600, threads: int = 2, concurrency: int = 4, env: dict[
     server_5xx = sum(v for k, v in counters.items()
                      if k.startswith("catface_requests_total{") and 'status="5' in k)
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(), "models": model_versions(),
         "settings": {"seconds": seconds, "threads": threads, "concurrency": concurrency},
         "requests": len(results), "wall_s": round(wall, 1), "rps": round(len(results) / wall, 1),

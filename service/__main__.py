@@ -40,7 +40,7 @@ class DrainingServer(uvicorn.Server):
         if self.drain_from is None:
             # In a signal handler: only flip flags; on_tick does the rest on the event loop.
             self.drain_from = time.monotonic()
-            self.config.app.state.draining = True
+            self.config.app.state.service.draining = True
             return
         super().handle_exit(sig, frame)
 

@@ -18,8 +18,8 @@ from .pipeline import CatFace, Face, PhotoBreeds
 
 
 class Analyzer:
-    def __init__(self, catface: CatFace, batchers: dict[str, Batcher], pixels: Executor):
-        self.catface = catface
+    def __init__(self, pipeline: CatFace, batchers: dict[str, Batcher], pixels: Executor):
+        self.pipeline = pipeline
         self.batchers = batchers
         self._pixels = pixels
 
@@ -27,15 +27,15 @@ class Analyzer:
         return await asyncio.get_running_loop().run_in_executor(self._pixels, fn, *args)
 
     async def _faces(self, photo: Photo, deadline: float | None) -> list[Face]:
-        cf = self.catface
+        cf = self.pipeline
         x = await self._on_pixels(cf.detector_input, photo.image)
         scores, boxes = await self.batchers["catface"].submit(x[None], deadline)
         return cf.faces_from(scores[0], boxes[0], photo.image)
 
     def _face_inputs(self, photo: Photo, faces: list[Face]):
-        crops = [self.catface.landmark_input(photo.image, face) for face in faces]
+        crops = [self.pipeline.landmark_input(photo.image, face) for face in faces]
         return (np.stack([c for c, _ in crops]), [m for _, m in crops],
-                self.catface.breed_inputs(photo.image, faces))
+                self.pipeline.breed_inputs(photo.image, faces))
 
     async def detect(self, photo: Photo, deadline: float | None = None) -> list[Face]:
         """Faces best first, with landmarks and breeds, in the original photo's pixels."""
@@ -45,8 +45,8 @@ class Analyzer:
             (points,), (probabilities, _) = await _both(
                 self.batchers["catlandmarks"].submit(crops, deadline),
                 self.batchers["catbreeds"].submit(breed_inputs, deadline))
-            for face, out, matrix, breeds in zip(faces, points, matrices, self.catface.face_breeds(probabilities)):
-                face.landmarks = self.catface.landmarks_from(out, matrix)
+            for face, out, matrix, breeds in zip(faces, points, matrices, self.pipeline.face_breeds(probabilities)):
+                face.landmarks = self.pipeline.landmarks_from(out, matrix)
                 face.breeds = breeds
         sx, sy = photo.scale
         return [face.scaled(sx, sy) for face in faces]
@@ -55,9 +55,9 @@ class Analyzer:
         """Whether the whole photo shows a cat, and its breeds: every photo gets an answer, with
         or without a face found (CatFace.photo_breeds says how)."""
         faces = await self._faces(photo, deadline)
-        x = await self._on_pixels(self.catface.breed_inputs, photo.image, faces)
+        x = await self._on_pixels(self.pipeline.breed_inputs, photo.image, faces)
         probabilities, cat = await self.batchers["catbreeds"].submit(x, deadline)
-        return self.catface.photo_breeds(probabilities, cat[:, 0])
+        return self.pipeline.photo_breeds(probabilities, cat[:, 0])
 
 
 async def _both(first, second):

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Annotated, Awaitable, Callable, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -29,7 +30,7 @@ from starlette.routing import Match
 from . import __version__, annotate, artifacts, imaging, page, uploads
 from .analysis import Analyzer
 from .artifacts import Artifacts
-from .batching import Batcher, DeadlineExceeded, QueueFull, Refused, ShuttingDown
+from .batching import Batcher, Refused
 from .config import Settings
 from .imaging import Photo
 from .metrics import Metrics
@@ -38,9 +39,8 @@ from .pipeline import CatFace
 from .pipeline import load as load_pipeline
 from .problems import PROBLEM_CONTENT, Problem, from_problem, problem_response
 from .runtime import ModelFileError
-from .schemas import LANDMARK_NAMES, BreedsResponse, DetectResponse, Health
-from .schemas import Problem as ProblemSchema
-from .schemas import breeds_response, face_out
+from .schemas import LANDMARK_NAMES, BreedsResponse, DetectResponse, Health, ProblemDetails, breeds_response, face_out
+from .state import ServiceState, service_state
 from .stickers import Sticker
 
 log = logging.getLogger("catface")
@@ -58,41 +58,42 @@ ANALYSIS_ERRORS = {
     503: {"description": "overloaded, queue full, deadline passed, or not ready; see Retry-After",
           "content": PROBLEM_CONTENT},
 }
-REFUSALS = {QueueFull: "queue-full", DeadlineExceeded: "deadline-exceeded", ShuttingDown: "shutting-down"}
 
 
 # ---- start-up and shutdown -------------------------------------------------------------------
 def _load(settings: Settings) -> tuple[CatFace, Artifacts]:
-    catface = load_pipeline(settings.models_dir, settings.threads or None, settings.cpu_arena)
-    names = tuple(catface.landmarker.entry.get("landmark_names", ()))
+    pipeline = load_pipeline(settings.models_dir, settings.threads or None, settings.cpu_arena)
+    names = tuple(pipeline.landmarker.entry.get("landmark_names", ()))
     if names != LANDMARK_NAMES:
         raise ModelFileError(f"the landmark model names {names}, the API promises {LANDMARK_NAMES}")
-    for model in catface.models.values():  # the first run at a new batch size allocates: do it now
+    for model in pipeline.models.values():  # the first run at a new batch size allocates: do it now
         model.warm_up(settings.max_batch_size)
-    return catface, Artifacts.load(settings.models_dir)
+    return pipeline, Artifacts.load(settings.models_dir)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    state, settings, metrics = app.state, app.state.settings, app.state.metrics
+    state: ServiceState = app.state.service
+    settings, metrics = state.settings, state.metrics
     imaging.configure(settings.max_pixels)
     try:
-        catface, state.artifacts = await asyncio.to_thread(_load, settings)
+        pipeline, artifacts = await asyncio.to_thread(_load, settings)
     except ModelFileError as exc:  # one plain line, above the traceback uvicorn logs next
         log.error("cannot start: %s", exc)
         raise
     batchers = {name: Batcher(name, model.run, max_batch_size=settings.max_batch_size,
                               max_wait_s=settings.max_wait_ms / 1000, queue_size=settings.queue_size,
                               observer=metrics.for_model(name))
-                for name, model in catface.models.items()}
+                for name, model in pipeline.models.items()}
     for batcher in batchers.values():
         batcher.start()
-    for entry in state.artifacts.entries:
+    state.artifacts = artifacts
+    for entry in artifacts.entries:
         metrics.model_info.labels(entry["name"] + "." + entry["format"], entry["version"], entry["sha256"]).set(1)
-    state.pixels = ThreadPoolExecutor(settings.image_threads, thread_name_prefix="pixels")
-    state.analyzer = Analyzer(catface, batchers, state.pixels)
+    state.pixels = pixels = ThreadPoolExecutor(settings.image_threads, thread_name_prefix="pixels")
+    state.analyzer = Analyzer(pipeline, batchers, pixels)
     state.ready = True
-    log.info("ready", extra={"models": sorted(catface.models), "max_batch_size": settings.max_batch_size,
+    log.info("ready", extra={"models": sorted(pipeline.models), "max_batch_size": settings.max_batch_size,
                              "max_wait_ms": settings.max_wait_ms, "queue_size": settings.queue_size})
     try:
         yield
@@ -101,7 +102,7 @@ async def lifespan(app: FastAPI):
         # still queued finishes before the models go away.
         state.ready, state.draining = False, True
         await asyncio.gather(*(batcher.close() for batcher in batchers.values()))
-        state.pixels.shutdown(wait=True)
+        pixels.shutdown(wait=True)
         log.info("stopped")
 
 
@@ -115,12 +116,13 @@ async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Aw
     uploads: bytes, time, rate, shared budget), so only requests with a whole photo take one of
     the max_inflight slots; the deadline of decode + analysis starts once the body is in.
     `keep_original` keeps the upright photo (Photo.original) for drawing on."""
-    state, settings, metrics = request.app.state, request.app.state.settings, request.app.state.metrics
+    state = service_state(request)
+    settings, metrics = state.settings, state.metrics
     loop = asyncio.get_running_loop()
     retry = {"Retry-After": str(settings.retry_after_s)}
     upload = uploads.Upload(request, state.upload_limits, state.upload_budget, settings.retry_after_s)
     try:
-        analyzer: Analyzer | None = state.analyzer
+        analyzer = state.analyzer
         if analyzer is None or not state.ready:  # (still served while draining: the balancer may lag)
             raise Problem(503, "not-ready", "the models are not loaded yet", headers=retry)
         data = await uploads.read_image(upload)
@@ -144,8 +146,8 @@ async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Aw
             state.inflight -= 1
             metrics.inflight.dec()
     except Refused as exc:
-        metrics.rejections.labels(REFUSALS.get(type(exc), "refused")).inc()
-        raise Problem(503, REFUSALS.get(type(exc), "refused"), str(exc), headers=retry) from None
+        metrics.rejections.labels(exc.slug).inc()
+        raise Problem(503, exc.slug, str(exc), headers=retry) from None
     except Problem as exc:
         metrics.rejections.labels(exc.slug).inc()
         raise
@@ -184,8 +186,8 @@ async def _disconnect(request: Request) -> None:
              summary="Every cat face with its box, 9 landmarks and breeds", tags=["analysis"])
 async def detect(request: Request) -> DetectResponse:
     photo, faces = await _analyze(request, lambda a, p, d: a.detect(p, d))
-    names = request.app.state.analyzer.catface.landmarker.entry["landmark_names"]
-    return DetectResponse(width=photo.width, height=photo.height, faces=[face_out(f, names) for f in faces])
+    # (start-up checked that the landmark model's names are these)
+    return DetectResponse(width=photo.width, height=photo.height, faces=[face_out(f, LANDMARK_NAMES) for f in faces])
 
 
 @router.post("/breeds", response_model=BreedsResponse, responses=ANALYSIS_ERRORS, openapi_extra=uploads.OPENAPI_BODY,
@@ -227,7 +229,7 @@ async def annotate_photo(
     # The same intake and analysis as /detect; only the drawing is extra.
     photo, faces = await _analyze(request, lambda a, p, d: a.detect(p, d), keep_original=True)
     drawing = partial(annotate.render_photo, photo, faces, sticker, media_type)
-    body, placements = await asyncio.get_running_loop().run_in_executor(request.app.state.pixels, drawing)
+    body, placements = await asyncio.get_running_loop().run_in_executor(service_state(request).pixels, drawing)
     headers = {"X-Catface-Faces": str(len(faces)), "Vary": "Accept"}
     if placements:
         headers["X-Catface-Stickers"] = ", ".join(p.header() for p in placements)
@@ -244,7 +246,7 @@ async def livez() -> Health:
             summary="Models loaded and warmed up, and not draining",
             responses={503: {"description": "starting or draining", "content": PROBLEM_CONTENT}})
 async def readyz(request: Request) -> Health:
-    state = request.app.state
+    state = service_state(request)
     if state.draining:
         raise Problem(503, "draining", "the service is shutting down", headers={"Retry-After": "1"})
     if not state.ready:
@@ -255,7 +257,7 @@ async def readyz(request: Request) -> Health:
 @router.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
 async def metrics(request: Request) -> Response:
-    m: Metrics = request.app.state.metrics
+    m = service_state(request).metrics
     return Response(m.render(), media_type=m.content_type)
 
 
@@ -297,15 +299,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="catface", version=__version__, lifespan=lifespan, redoc_url=None, docs_url=None,
         summary="Finds cat faces in photos: box, 9 landmarks and breeds; serves the models for on-device use.",
     )
-    app.state.settings = settings
-    app.state.metrics = Metrics()
-    app.state.ready = app.state.draining = False
-    app.state.inflight = 0
-    app.state.upload_limits = uploads.UploadLimits(settings.max_body_bytes, settings.upload_timeout_s,
-                                                   settings.min_upload_rate, settings.upload_grace_s)
-    app.state.upload_budget = uploads.UploadBudget(settings.max_upload_buffer_bytes)
-    app.state.analyzer = app.state.artifacts = None
-    app.add_middleware(RequestContext, metrics=app.state.metrics)
+    state = ServiceState(
+        settings=settings, metrics=Metrics(),
+        upload_limits=uploads.UploadLimits(settings.max_body_bytes, settings.upload_timeout_s,
+                                           settings.min_upload_rate, settings.upload_grace_s),
+        upload_budget=uploads.UploadBudget(settings.max_upload_buffer_bytes))
+    app.state.service = state  # the one attribute on Starlette's state: read it with service_state()
+    app.add_middleware(RequestContext, metrics=state.metrics)
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
@@ -317,7 +317,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-            schemas["Problem"] = ProblemSchema.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas["Problem"] = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from .problems import PROBLEM_CONTENT, Problem
 from .runtime import read_manifest, verified_path
 from .schemas import ModelsResponse
+from .state import service_state
 
 CHUNK = 256 * 1024
 CONTENT_TYPES = {".onnx": "application/octet-stream", ".mlmodel": "application/octet-stream",
@@ -32,7 +33,7 @@ class Artifacts:
         self.by_file = {entry["file"]: entry for entry in entries}
 
     @classmethod
-    def load(cls, models_dir: Path) -> "Artifacts":
+    def load(cls, models_dir: Path) -> Artifacts:
         """Check every file of the manifest (ModelFileError if one is missing or altered)."""
         entries = read_manifest(models_dir)["models"]
         return cls(entries, {entry["file"]: verified_path(models_dir, entry) for entry in entries})
@@ -42,7 +43,7 @@ router = APIRouter(tags=["models"])
 
 
 def _artifacts(request: Request) -> Artifacts:
-    artifacts = getattr(request.app.state, "artifacts", None)
+    artifacts = service_state(request).artifacts
     if artifacts is None:
         raise Problem(503, "not-ready", "the service is starting", headers={"Retry-After": "1"})
     return artifacts
@@ -53,7 +54,7 @@ async def list_models(request: Request) -> ModelsResponse:
     artifacts = _artifacts(request)
     # The path alone, or under the configured public URL: never built from the Host header,
     # which any client can set (a cache in front would hand the forged links to everyone).
-    base = request.app.state.settings.public_url.rstrip("/")
+    base = service_state(request).settings.public_url.rstrip("/")
     return ModelsResponse(models=[{**entry, "url": base + request.app.url_path_for("model_file", file=entry["file"])}
                                   for entry in artifacts.entries])
 

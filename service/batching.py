@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -26,36 +27,31 @@ log = logging.getLogger(__name__)
 
 
 class Refused(Exception):
-    """The batcher will not run this item; `reason` is a short metric-friendly word."""
-    reason = "refused"
-
-    def __init__(self, model: str, message: str):
-        super().__init__(message)
-        self.model = model
+    """The batcher will not run this item. `slug` is the refusal's one name: the problem type
+    (urn:catface:problem:<slug>) and the `reason` label of catface_rejections_total."""
+    slug = "refused"
 
 
 class QueueFull(Refused):
-    reason = "queue_full"
+    slug = "queue-full"
 
 
 class DeadlineExceeded(Refused):
-    reason = "deadline"
+    slug = "deadline-exceeded"
 
 
 class ShuttingDown(Refused):
-    reason = "shutting_down"
+    slug = "shutting-down"
 
 
 class Observer(Protocol):
     def queue_depth(self, depth: int) -> None: ...
-    def refused(self, reason: str) -> None: ...
     def dropped(self, reason: str) -> None: ...
     def batch(self, rows: int, waits: list[float], seconds: float) -> None: ...
 
 
 class _Quiet:
     def queue_depth(self, depth): pass
-    def refused(self, reason): pass
     def dropped(self, reason): pass
     def batch(self, rows, waits, seconds): pass
 
@@ -84,10 +80,6 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._worker: asyncio.Task | None = None
 
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        return self._executor
-
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.name}")
 
@@ -95,11 +87,11 @@ class Batcher:
         """This caller's rows of every output. `deadline` is in event-loop time."""
         loop = asyncio.get_running_loop()
         if self._closing:
-            raise self._refuse(ShuttingDown(self.name, f"the {self.name} model is shutting down"))
+            raise ShuttingDown(f"the {self.name} model is shutting down")
         if deadline is not None and loop.time() >= deadline:
-            raise self._refuse(DeadlineExceeded(self.name, "the request deadline passed before inference"))
+            raise DeadlineExceeded("the request deadline passed before inference")
         if len(self._items) >= self.queue_size:
-            raise self._refuse(QueueFull(self.name, f"the {self.name} queue is full ({self.queue_size} waiting)"))
+            raise QueueFull(f"the {self.name} queue is full ({self.queue_size} waiting)")
         item = _Item(rows, loop.create_future(), deadline, loop.time())
         self._items.append(item)
         self._observer.queue_depth(len(self._items))
@@ -117,10 +109,6 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     # ---- worker ------------------------------------------------------------------------------
-    def _refuse(self, exc: Refused) -> Refused:
-        self._observer.refused(exc.reason)
-        return exc
-
     async def _work(self) -> None:
         while True:
             batch = await self._next_batch()
@@ -167,7 +155,7 @@ class Batcher:
             if item.future.done():  # cancelled by its caller
                 self._observer.dropped("cancelled")
             elif item.deadline is not None and now >= item.deadline:
-                item.future.set_exception(DeadlineExceeded(self.name, "the request deadline passed in the queue"))
+                item.future.set_exception(DeadlineExceeded("the request deadline passed in the queue"))
                 self._observer.dropped("deadline")
             else:
                 live.append(item)

@@ -59,7 +59,7 @@ class Settings:
     forwarded_allow_ips: str = ""
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
         environ = os.environ if environ is None else environ
         values = {}
         for f in dataclasses.fields(cls):
@@ -75,7 +75,7 @@ class Settings:
                     keep_original=keep_original, original_side=self.annotate_max_side,
                     max_decode_bytes=self.max_decode_bytes, max_scan_work=self.max_jpeg_scan_work)
 
-    def checked(self) -> "Settings":
+    def checked(self) -> Settings:
         positive = ["max_batch_size", "queue_size", "max_inflight", "max_body_bytes", "max_upload_buffer_bytes",
                     "upload_timeout_s", "max_pixels", "max_decode_bytes", "max_jpeg_scan_work", "decode_side",
                     "annotate_max_side", "request_timeout_s", "image_threads", "port"]

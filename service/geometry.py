@@ -23,3 +23,11 @@ def warp(image: Image.Image, matrix: np.ndarray, size: tuple[int, int], fill=(0,
 
 def move_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return points @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def to_chw(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Stretch to (height, width) when a size is given, and lay out as CHW float32 0..255: a
+    model input row. The one such helper, for the server and the training code."""
+    if size is not None and image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(image, np.float32).transpose(2, 0, 1)

@@ -2,8 +2,15 @@
 in one process do not share counters)."""
 from __future__ import annotations
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
-                               ProcessCollector, generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -37,7 +44,7 @@ class Metrics:
         self.model_info = Gauge("catface_model_info", "Loaded models (value 1)", ["name", "version", "sha256"],
                                 registry=r)
 
-    def for_model(self, name: str) -> "ModelObserver":
+    def for_model(self, name: str) -> ModelObserver:
         return ModelObserver(self, name)
 
     def render(self) -> bytes:
@@ -55,9 +62,6 @@ class ModelObserver:
 
     def queue_depth(self, depth: int) -> None:
         self._depth.set(depth)
-
-    def refused(self, reason: str) -> None:
-        pass  # the app counts refusals once per request, in catface_rejections_total
 
     def dropped(self, reason: str) -> None:
         self._m.dropped.labels(self._model, reason).inc()

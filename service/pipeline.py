@@ -14,11 +14,10 @@ import numpy as np
 from PIL import Image
 
 from . import geometry
+from .contract import BREED_CROP_SCALE
 from .detection import select_faces
+from .geometry import to_chw
 from .runtime import DEFAULT_MODELS_DIR, OnnxModel, load_models
-
-BREED_CROP_SCALE = 2.0  # breeds look at the head and a little of the body around the face
-CAT_THRESHOLD = 0.5  # the classifier's cat probability a photo needs to be called a cat: even odds, set a priori
 
 
 @dataclass
@@ -37,15 +36,8 @@ class Face:
     landmarks: np.ndarray = field(default_factory=lambda: np.zeros((9, 2), np.float32))  # (9, 2) pixels
     breeds: list[tuple[str, float]] = field(default_factory=list)
 
-    def scaled(self, sx: float, sy: float) -> "Face":
+    def scaled(self, sx: float, sy: float) -> Face:
         return Face(self.box * [sx, sy, sx, sy], self.score, self.landmarks * [sx, sy], self.breeds)
-
-
-def to_chw(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """Stretch to (height, width) and lay out as CHW float32 0..255."""
-    if image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), Image.BILINEAR)
-    return np.asarray(image, np.float32).transpose(2, 0, 1)
 
 
 class CatFace:

@@ -3,9 +3,13 @@ freely, never rename. Pixel coordinates are rounded to 0.01 px and scores to 1e-
 finer than the models can tell and keeps answers short."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from . import pipeline
 
 Point = Annotated[tuple[float, float], Field(description="x, y in pixels of the upright photo")]
 
@@ -32,7 +36,11 @@ class Breed(BaseModel):
     score: float = Field(ge=0, le=1)
 
 
-class Face(BaseModel):
+class FaceJSON(BaseModel):
+    # One face as the API answers it (pipeline.Face is the in-process one, with numpy arrays);
+    # no docstring: it would become the schema's description.
+    model_config = ConfigDict(title="Face")
+    __qualname__ = "Face"  # the OpenAPI component keeps its public name
     box: tuple[float, float, float, float] = Field(description="x_min, y_min, x_max, y_max in pixels")
     score: float = Field(ge=0, le=1)
     landmarks: Landmarks
@@ -42,7 +50,7 @@ class Face(BaseModel):
 class DetectResponse(BaseModel):
     width: int = Field(description="width of the photo as a person sees it (EXIF orientation applied)")
     height: int
-    faces: list[Face] = Field(description="every cat face, best score first; empty when there is no cat")
+    faces: list[FaceJSON] = Field(description="every cat face, best score first; empty when there is no cat")
 
 
 class BreedsResponse(BaseModel):
@@ -83,9 +91,9 @@ class Health(BaseModel):
     status: str
 
 
-class Problem(BaseModel):
+class ProblemDetails(BaseModel):
     """RFC 9457 problem details (media type application/problem+json)."""
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", title="Problem")  # the OpenAPI component `Problem`
     type: str = Field(description="urn:catface:problem:<slug>, or about:blank for a plain HTTP error")
     title: str
     status: int
@@ -98,9 +106,9 @@ def round_point(x: float, y: float) -> tuple[float, float]:
     return round(float(x), 2), round(float(y), 2)
 
 
-def face_out(face, landmark_names) -> Face:
+def face_out(face: pipeline.Face, landmark_names: Sequence[str]) -> FaceJSON:
     """A pipeline.Face (numpy arrays) -> the public JSON shape."""
-    return Face(
+    return FaceJSON(
         box=tuple(round(float(v), 2) for v in face.box),
         score=round(face.score, 4),
         landmarks=Landmarks(**{name: round_point(*xy) for name, xy in zip(landmark_names, face.landmarks)}),

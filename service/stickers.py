@@ -7,9 +7,9 @@ gives smooth edges (ImageDraw itself does not antialias).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
 
 from PIL import Image, ImageDraw
 

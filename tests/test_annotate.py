@@ -13,8 +13,7 @@ from PIL import Image
 from service import annotate, stickers
 from service.stickers import Sticker
 
-from .conftest import CATS, DOGS, encode, ground_truth, photo
-from .test_app import assert_problem, post_photo
+from .conftest import CATS, DOGS, assert_problem, encode, ground_truth, photo, post_photo
 
 # A cat on which the preliminary models still find the face turned by 30 degrees either way.
 TURNED_CAT = CATS[3]

@@ -14,30 +14,26 @@ from PIL import Image
 from service.logs import JsonFormatter
 from service.schemas import LANDMARK_NAMES
 
-from .conftest import CATS, LiveApp, data_file, encode, ground_truth, make_settings, photo, png16_rgb, png_raw
-from .test_imaging import STORED_FROM_UPRIGHT, heic_claiming, iphone_style
-
-PROBLEM = "application/problem+json"
-
-
-def post_photo(live, data: bytes, url="/detect", **kw):
-    return live.post(url, files={"image": ("photo", data, "application/octet-stream")}, **kw)
+from .conftest import (
+    CATS,
+    STORED_FROM_UPRIGHT,
+    LiveApp,
+    assert_problem,
+    data_file,
+    encode,
+    ground_truth,
+    heic_claiming,
+    iphone_style,
+    make_settings,
+    photo,
+    png16_rgb,
+    png_raw,
+    post_photo,
+)
 
 
 def points(face: dict, names=("left_eye", "right_eye", "mouth")) -> np.ndarray:
     return np.array([face["landmarks"][n] for n in names], float)
-
-
-def assert_problem(response, status: int, slug: str | None = None):
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status and body["title"]
-    assert "Traceback" not in response.text
-    if slug:
-        assert body["type"] == f"urn:catface:problem:{slug}"
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
 
 
 # ---- what users get --------------------------------------------------------------------------
@@ -65,7 +61,7 @@ def test_cat_photo_gives_a_face_with_sensible_landmarks_and_breeds(live, name):
     assert np.linalg.norm(points(face) - truth, axis=1).mean() < 0.35 * eye_distance
     scores = [b["score"] for b in face["breeds"]]
     assert scores and scores == sorted(scores, reverse=True) and min(scores) >= 0.05
-    labels = set(live.app.state.analyzer.catface.breed_labels)
+    labels = set(live.state.analyzer.pipeline.breed_labels)
     assert {b["breed"] for b in face["breeds"]} <= labels
 
 
@@ -274,13 +270,13 @@ def test_health_endpoints(live):
 
 
 def test_readyz_is_503_while_draining(live):
-    live.app.state.draining = True
+    live.state.draining = True
     try:
         response = live.get("/readyz")
         assert_problem(response, 503, "draining")
         assert response.headers["retry-after"]
     finally:
-        live.app.state.draining = False
+        live.state.draining = False
     assert live.get("/readyz").status_code == 200
 
 
@@ -357,7 +353,7 @@ def detect_task(live, data: bytes) -> asyncio.Future:
 
 async def wait_for_metric(live, name: str, value: float, **labels) -> None:
     for _ in range(200):
-        if live.app.state.metrics.registry.get_sample_value(name, labels) == value:
+        if live.state.metrics.registry.get_sample_value(name, labels) == value:
             return
         await asyncio.sleep(0.02)
 

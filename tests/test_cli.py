@@ -15,8 +15,7 @@ from PIL import Image
 
 from service.cli import main
 
-from .conftest import CATS, DOGS, REPO, data_file, encode, free_port, photo, service_process
-from .test_imaging import iphone_style
+from .conftest import CATS, DOGS, REPO, data_file, free_port, iphone_style, photo, service_process
 
 FAST = ["--threads", "1", "--jobs", "2"]  # a shared machine
 

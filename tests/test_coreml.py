@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 
+from service.contract import IOU_THRESHOLD, SCORE_THRESHOLD
 from training import coreml_check as check
 from training import data
 from training.export import VERSION
-from training.train_detector import IOU_THRESHOLD, SCORE_THRESHOLD
 
 from .conftest import MODELS, ground_truth, photo
 

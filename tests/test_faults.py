@@ -15,8 +15,17 @@ import uuid
 
 import pytest
 
-from benchmarks.harness import (HOST, Connection, Server, free_port, metric, multipart, request_bytes, send_once,
-                                with_request_id)
+from benchmarks.harness import (
+    HOST,
+    Connection,
+    Server,
+    free_port,
+    metric,
+    multipart,
+    request_bytes,
+    send_once,
+    with_request_id,
+)
 
 from .conftest import MODELS, REPO
 

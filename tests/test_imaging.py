@@ -8,7 +8,17 @@ from PIL import Image
 from service.imaging import decode, sniff
 from service.problems import Problem
 
-from .conftest import CATS, encode, photo, png16_rgb, png_raw
+from .conftest import (
+    CATS,
+    STORED_FROM_UPRIGHT,
+    encode,
+    heic_claiming,
+    iphone_style,
+    pattern,
+    photo,
+    png16_rgb,
+    png_raw,
+)
 
 LIMITS = dict(max_bytes=10_000_000, max_pixels=40_000_000, decode_side=800)
 
@@ -17,14 +27,6 @@ def refused(data: bytes, **limits) -> Problem:
     with pytest.raises(Problem) as caught:
         decode(data, **{**LIMITS, **limits})
     return caught.value
-
-
-def pattern(width=96, height=64) -> Image.Image:
-    """An asymmetric picture (gradients + a red corner) where any flip or turn shows."""
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1).astype(np.uint8)
-    pixels[:8, :12] = [255, 0, 0]
-    return Image.fromarray(pixels, "RGB")
 
 
 # ---- refusals --------------------------------------------------------------------------------
@@ -83,10 +85,6 @@ def test_byte_limit():
 
 # ---- orientation -----------------------------------------------------------------------------
 # EXIF orientation -> the transpose that makes the stored pixels from the upright picture.
-STORED_FROM_UPRIGHT = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM,
-                       5: Image.TRANSPOSE, 6: Image.ROTATE_90, 7: Image.TRANSVERSE, 8: Image.ROTATE_270}
-
-
 @pytest.mark.parametrize("orientation", sorted(STORED_FROM_UPRIGHT))
 def test_exif_orientation_gives_the_upright_picture(orientation):
     upright = pattern()
@@ -177,24 +175,6 @@ def test_webp_and_animated_webp_first_frame():
 
 
 # ---- HEIC and AVIF ---------------------------------------------------------------------------
-def iphone_style(upright: Image.Image, fmt: str, orientation: int = 6, **params) -> bytes:
-    """The photo as a camera stores it: pixels as the sensor read them (here turned by the EXIF
-    `orientation`), and the turn back written as metadata. pillow-heif and Pillow's AVIF writer
-    turn that EXIF orientation into the file's `irot`/`imir` boxes, as an iPhone writes them."""
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return encode(upright.transpose(STORED_FROM_UPRIGHT[orientation]), fmt, exif=exif.tobytes(), **params)
-
-
-def _iso_boxes(data: bytes, kind: bytes) -> list[int]:
-    """Offsets of every `kind` box in an ISOBMFF file (found by name, as they nest)."""
-    found, start = [], 0
-    while (at := data.find(kind, start)) >= 0:
-        found.append(at - 4)
-        start = at + 4
-    return found
-
-
 @pytest.mark.parametrize("fmt, sniffed", [("HEIF", "HEIF"), ("AVIF", "AVIF")])
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_heic_and_avif_rotated_by_metadata_give_the_upright_picture(fmt, sniffed, orientation):
@@ -213,14 +193,6 @@ def test_large_heic_is_reduced_after_decoding():
     big = photo(CATS[0]).resize((1800, 1000))
     got = decode(encode(big, "HEIF", quality=60), **LIMITS)
     assert (got.width, got.height) == (1800, 1000) and got.image.size == (900, 500)
-
-
-def heic_claiming(width: int, height: int) -> bytes:
-    """A small HEIC whose image-size property (`ispe`) claims width x height pixels."""
-    data = bytearray(encode(pattern(), "HEIF", quality=50))
-    for at in _iso_boxes(bytes(data), b"ispe"):
-        data[at + 12 : at + 20] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
-    return bytes(data)
 
 
 @pytest.mark.parametrize("width, height", [(20_000, 20_000), (10_000, 8_000)])  # Pillow's own limit; ours

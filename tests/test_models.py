@@ -9,7 +9,7 @@ from PIL import Image
 
 from service.runtime import ModelFileError, load_models
 
-from .conftest import DATA, MODELS, photo
+from .conftest import MODELS, photo
 
 # Validation-split photos (see training/data.py), never trained on.
 CATS = ["crawford/CAT_01/00000138_000.jpg", "crawford/CAT_01/00000177_013.jpg", "crawford/CAT_01/00000251_007.jpg"]

@@ -3,13 +3,17 @@ training code stays alive in CI (CI trains nothing that ships)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from .conftest import DATA  # noqa: E402
+from service import contract  # noqa: E402
+from service.pipeline import Face, load  # noqa: E402
+
+from .conftest import CATS, DATA, MODELS, photo  # noqa: E402
 
 
 def test_flip_swaps_left_and_right_landmarks():
@@ -22,10 +26,11 @@ def test_flip_swaps_left_and_right_landmarks():
     assert np.allclose(moved[0], [10, 20]) and np.allclose(moved[4], [8, 0])
 
 
-def test_tiny_training_runs_and_export(tmp_path):
-    from training import export, train_breeds, train_detector, train_landmarks
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from training import train_breeds, train_detector, train_landmarks
 
-    runs = tmp_path / "runs"
+    runs = tmp_path_factory.mktemp("runs")
     train_detector.main(["--data", str(DATA), "--out", str(runs / "detector"), "--epochs", "1", "--steps", "1",
                          "--limit", "4", "--threads", "1"])
     train_landmarks.main(["--data", str(DATA), "--out", str(runs / "landmarks"), "--epochs", "1", "--limit", "40",
@@ -35,6 +40,49 @@ def test_tiny_training_runs_and_export(tmp_path):
     for kind in ("detector", "landmarks", "breeds"):
         log = [json.loads(line) for line in (runs / kind / "log.jsonl").read_text().splitlines()]
         assert np.isfinite(log[-1]["loss"])
+    return runs
+
+
+def test_tiny_export_is_served_by_the_pipeline(runs, tmp_path):
+    from training import export
+
+    # The committed classifier beside the tiny detector and landmarker (its export is tested below).
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(MODELS / "catbreeds.onnx", models)
+    committed = json.loads((MODELS / "manifest.json").read_text())["models"]
+    breeds = [e for e in committed if e["name"] == "catbreeds" and e["format"] == "onnx"]
+    (models / "manifest.json").write_text(json.dumps({"models": breeds}))
+    export.main(["--runs", str(runs), "--out", str(models), "--only", "catface", "catlandmarks"])
+
+    # The export is what the service loads: load it the service's way and run it on a photo.
+    pipeline = load(models, threads=1)
+    assert (pipeline.score_threshold, pipeline.iou_threshold, pipeline.max_faces) == (
+        contract.SCORE_THRESHOLD, contract.IOU_THRESHOLD, contract.MAX_FACES)
+    assert pipeline.crop_scale == contract.LANDMARK_CROP_SCALE
+    assert pipeline.detector.input_size == (contract.DETECTOR_INPUT, contract.DETECTOR_INPUT)
+    image = photo(CATS[0])
+    (faces,) = pipeline.detect([image])
+    assert len(faces) <= contract.MAX_FACES  # an untrained detector may find none, or many
+    for face in faces:
+        assert face.score >= contract.SCORE_THRESHOLD
+        assert face.box.shape == (4,) and face.landmarks.shape == (9, 2) and np.isfinite(face.landmarks).all()
+    # the landmarker on a crop around the whole photo, whatever the tiny detector found
+    crop, matrix = pipeline.landmark_input(image, Face(np.array([0, 0, *image.size], np.float32), 1.0))
+    (points,) = pipeline.landmarker.run(crop[None])
+    assert np.isfinite(pipeline.landmarks_from(points[0], matrix)).all()
+
+
+def test_tiny_breeds_export_is_served_by_the_pipeline(runs, tmp_path):
+    from training import export
+
     export.main(["--runs", str(runs), "--out", str(tmp_path / "models")])
-    manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
-    assert {m["name"] for m in manifest["models"]} == {"catface", "catlandmarks", "catbreeds"}
+    pipeline = load(tmp_path / "models", threads=1)
+    image = photo(CATS[0])
+    probabilities, cat = pipeline.classifier.run(pipeline.breed_inputs(image, []))
+    assert probabilities.shape == (1, len(pipeline.breed_labels)) and np.isclose(probabilities.sum(), 1, atol=1e-4)
+    assert cat.shape == (1, 1) and 0 <= cat[0, 0] <= 1
+    (answer,) = pipeline.classify([image])  # what POST /breeds answers
+    assert answer.cat == (answer.cat_score >= contract.CAT_THRESHOLD) and answer.basis in ("face_and_photo", "photo")
+    scores = [score for _, score in answer.breeds]
+    assert scores == sorted(scores, reverse=True) and all(s >= pipeline.breed_threshold for s in scores)

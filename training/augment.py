@@ -42,8 +42,4 @@ def jitter_colour(image: Image.Image, rng: np.random.Generator, strength: float 
     return image
 
 
-def to_chw(image: Image.Image) -> np.ndarray:
-    return np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
-
-
 crop_around_box = geometry.square_crop_matrix

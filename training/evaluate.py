@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from service.detection import iou, select_faces
-from service.pipeline import BREED_CROP_SCALE, CatFace, Face, load
+from service.contract import BREED_CROP_SCALE
+from service.pipeline import CatFace, Face, load
 
 from . import data
 from .haar import haar_cascade, haar_faces

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from service.contract import DETECTOR_INPUT, IOU_THRESHOLD, LANDMARK_CROP_SCALE, MAX_FACES, SCORE_THRESHOLD
+
 from . import data
 from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
-from .train_detector import IOU_THRESHOLD, SCORE_THRESHOLD, SERVE_INPUT
-from .train_landmarks import CROP_SCALE
-from service.pipeline import BREED_CROP_SCALE, CAT_THRESHOLD
+from service.contract import BREED_CROP_SCALE, CAT_THRESHOLD
 
 VERSION = "1.0.0"
 OPSET = 17
@@ -36,7 +36,7 @@ def file_facts(path: Path) -> dict:
 def load_checkpoint(kind, path: Path):
     """A trained model as shipped (eval mode; landmarker and classifier average with the mirror)."""
     state = torch.load(path, map_location="cpu")
-    size = SERVE_INPUT if kind is CatFaceDetector else state["input"]
+    size = DETECTOR_INPUT if kind is CatFaceDetector else state["input"]
     backbone = EfficientNetLite0(state.get("backbone", "lite0"))
     model = kind(backbone, size) if kind is not CatBreedClassifier else kind(backbone)
     model.load_state_dict(state["model"])
@@ -74,7 +74,7 @@ def detector_entry(size: int, grid: int) -> dict:
         "anchors": {"kind": "grid", "stride": CatFaceDetector.STRIDE, "grid": [grid, grid], "order": "row-major",
                     "centre": f"((col + 0.5) / {grid}, (row + 0.5) / {grid})",
                     "decoding": "box = centre -/+ exp(ltrb) * stride / input, done inside the graph"},
-        "postprocess": {"score_threshold": SCORE_THRESHOLD, "iou_threshold": IOU_THRESHOLD, "max_faces": 20,
+        "postprocess": {"score_threshold": SCORE_THRESHOLD, "iou_threshold": IOU_THRESHOLD, "max_faces": MAX_FACES,
                         "method": "greedy NMS over boxes with score >= threshold; multiply by the photo's width/height"},
         "box_convention": "the tight box around the 9 Crawford landmarks (ears included), clamped to the image",
         "labels": ["cat"],
@@ -85,7 +85,7 @@ def landmarks_entry(size: int) -> dict:
     return {
         "name": "catlandmarks", "format": "onnx", "version": VERSION, "task": "9 cat face landmarks",
         "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],
-                    "crop": {"scale": CROP_SCALE, "rule": f"a square of side {CROP_SCALE} x the longer side of the face box, "
+                    "crop": {"scale": LANDMARK_CROP_SCALE, "rule": f"a square of side {LANDMARK_CROP_SCALE} x the longer side of the face box, "
                              f"centred on the box, resized to {size}x{size}; outside the photo is black"}}],
         "outputs": [{"name": "landmarks", "shape": ["batch", 18],
                      "meaning": "x0, y0, ..., x8, y8 normalised to the crop (0..1), in landmark_names order"}],

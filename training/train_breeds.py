@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageEnhance
 
 from service import geometry
-from service.pipeline import BREED_CROP_SCALE
+from service.contract import BREED_CROP_SCALE
 
 from . import data
 from .nets import CatBreedClassifier, pretrained_backbone

@@ -8,9 +8,6 @@ are always re-derived from the moved landmarks (our box convention), never from 
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +17,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import data
-from .augment import affine, jitter_colour, move_points, to_chw, warp
-from .nets import CatFaceDetector, freeze, pretrained_backbone
+from service.contract import DETECTOR_INPUT, DETECTOR_TRAIN_INPUT, IOU_THRESHOLD, MAX_FACES, SCORE_THRESHOLD
+from service.geometry import to_chw
+
+from . import data, loop
+from .augment import affine, jitter_colour, move_points, warp
+from .nets import CatFaceDetector, pretrained_backbone
 
 # ---- config -------------------------------------------------------------------------------
-INPUT = 192
+INPUT = DETECTOR_TRAIN_INPUT  # served at DETECTOR_INPUT: see service/contract.py
 BATCH = 32
 STEPS_PER_EPOCH = 40
 EPOCHS = 30
@@ -39,15 +39,6 @@ CACHE_SIDE = 320  # photos are kept in memory at this longer side
 # Before them the validation misses were mostly these (4 of 8 faces rolled past 90 degrees).
 ANY_ANGLE_P = 0.25
 CLOSE_UP_P = 0.1
-# Serving (read by the exporters): the net is fully convolutional, and at 256 px it finds small
-# faces better than at the 192 px it was trained on (validation, second cycle's detector: three
-# cats in a 2x2 mosaic 0.83 vs 0.76); a 0.6 threshold keeps false faces on dogs at 0.017, and NMS
-# at IoU 0.3 removes the shifted duplicates the larger input brings (precision 0.91 -> 0.95).
-# The model card's threshold table measures the shipped detector. (A fourth cycle with
-# --sizes 192,256,320, served at 320, found more small faces but missed more big heads on
-# Oxford photos; not shipped, see the model card.)
-SERVE_INPUT = 256
-SCORE_THRESHOLD, IOU_THRESHOLD = 0.6, 0.3
 
 
 def load_small(path: Path, side: int = CACHE_SIDE) -> tuple[Image.Image, float]:
@@ -187,6 +178,8 @@ def detector_loss(model, images, targets, weights, gts):
     p_t = p * labels + (1 - p) * (1 - labels)
     alpha = 0.25 * labels + 0.75 * (1 - labels)
     focal = (alpha * (1 - p_t) ** 2 * ce * weights).sum() / positive.sum().clamp(min=1)
+    # The decoding of CatFaceDetector.forward, on the same raw outputs (to become one method of
+    # the detector in nets.py, so that neither copy can drift).
     dist = torch.exp(ltrb.clamp(max=6.0)) * (model.STRIDE / model.input_size)
     centre = model.anchors.unsqueeze(0).expand_as(dist[..., :2])
     boxes = torch.cat([centre - dist[..., :2], centre + dist[..., 2:]], -1)
@@ -209,15 +202,15 @@ def quick_validation(model, cats, dogs):
     from service.detection import iou, select_faces
 
     model.eval()
-    model.set_input_size(SERVE_INPUT)
+    model.set_input_size(DETECTOR_INPUT)
     hits = total = false_on_dogs = 0
     for batch_start in range(0, len(cats) + len(dogs), 32):
         chunk = (cats + dogs)[batch_start : batch_start + 32]
         images = [Image.open(p.path if isinstance(p, data.CatPhoto) else p).convert("RGB") for p in chunk]
-        x = torch.from_numpy(np.stack([to_chw(im.resize((SERVE_INPUT, SERVE_INPUT), Image.BILINEAR)) for im in images]))
+        x = torch.from_numpy(np.stack([to_chw(im, (DETECTOR_INPUT, DETECTOR_INPUT)) for im in images]))
         scores, boxes = model(x)
         for item, im, s, b in zip(chunk, images, scores.numpy(), boxes.numpy()):
-            found, _ = select_faces(s, b, SCORE_THRESHOLD, IOU_THRESHOLD, 20)
+            found, _ = select_faces(s, b, SCORE_THRESHOLD, IOU_THRESHOLD, MAX_FACES)
             found = found * [im.width, im.height, im.width, im.height]
             if isinstance(item, data.CatPhoto):
                 for pts in item.landmarks:
@@ -232,75 +225,46 @@ def quick_validation(model, cats, dogs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--out", type=Path, default=Path("runs/detector"))
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser = loop.arguments(__doc__, out="runs/detector", epochs=EPOCHS)
     parser.add_argument("--steps", type=int, default=STEPS_PER_EPOCH, help="steps per epoch")
-    parser.add_argument("--limit", type=int, default=None, help="use only N photos per kind (smoke runs)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint (a second, shorter cycle)")
-    parser.add_argument("--lr-scale", type=float, default=1.0, help="multiply the learning rates")
     parser.add_argument("--any-angle", type=float, default=ANY_ANGLE_P, help="share of tiles rolled by any angle")
     parser.add_argument("--close-up", type=float, default=CLOSE_UP_P, help="share of tiles zoomed in 1.35-2.2x")
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[INPUT],
                         help="input sides, one drawn per batch (multiples of 32), e.g. 192,256,320")
     args = parser.parse_args(argv)
-
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = open(args.out / "log.jsonl", "a")
+    rng = loop.start(args)
 
     sources = Sources(*split_sources(args.data, "train", args.limit))
     val_cats, val_dogs = split_sources(args.data, "val", args.limit)
     print(f"train: {len(sources.cats)} cat photos, {len(sources.dogs)} dog photos; "
           f"val: {len(val_cats)} cats, {len(val_dogs)} dogs", flush=True)
 
-    model = CatFaceDetector(pretrained_backbone(), INPUT)
-    if args.init:
-        model.load_state_dict(torch.load(args.init, map_location="cpu")["model"])
-    frozen = [model.backbone._conv_stem, model.backbone._bn0, *model.backbone._blocks[:FROZEN_BLOCKS]]
-    for m in frozen:
-        freeze(m)
-    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
-    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    optimiser = torch.optim.AdamW([{"params": head_params, "lr": LR_HEAD * args.lr_scale},
-                                   {"params": backbone_params, "lr": LR_BACKBONE * args.lr_scale}], weight_decay=1e-4)
-    total_steps = args.epochs * args.steps
-    base_lrs = [g["lr"] for g in optimiser.param_groups]
+    model = loop.initialised(CatFaceDetector(pretrained_backbone(), INPUT), args.init)
+    optimiser, frozen = loop.fine_tuning(model, FROZEN_BLOCKS, LR_HEAD * args.lr_scale, LR_BACKBONE * args.lr_scale)
+    schedule = loop.WarmupCosine(optimiser, args.epochs * args.steps, warmup_steps=100)
 
     poses = Poses(args.any_angle, args.close_up)
     step = 0
-    for epoch in range(args.epochs):
-        model.train()
-        for m in frozen:
-            m.eval()
-        t0, losses = time.time(), []
-        for _ in range(args.steps):
-            warmup = min(1.0, (step + 1) / 100)
-            cosine = 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            for g, lr in zip(optimiser.param_groups, base_lrs):
-                g["lr"] = lr * warmup * cosine
-            # one size: nothing drawn, so single-size cycles keep their random streams
-            size = args.sizes[0] if len(args.sizes) == 1 else int(rng.choice(args.sizes))
-            model.set_input_size(size)
-            loss, focal, box = detector_loss(model, *make_batch(sources, rng, model, poses, size))
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append((loss.item(), focal, box))
-            step += 1
-        recall, dog_fp = quick_validation(model, val_cats, val_dogs)
-        record = {"epoch": epoch, "loss": float(np.mean([l[0] for l in losses])),
-                  "focal": float(np.mean([l[1] for l in losses])), "giou": float(np.mean([l[2] for l in losses])),
-                  "val_recall": recall, "val_false_per_dog": dog_fp, "seconds": round(time.time() - t0, 1)}
-        print(json.dumps(record), flush=True)
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        torch.save({"model": model.state_dict(), "epoch": epoch, "input": INPUT}, args.out / "checkpoint.pt")
+    with loop.JsonLog(args.out / "log.jsonl") as log:
+        for epoch in range(args.epochs):
+            loop.train_mode(model, frozen)
+            t0, losses = time.time(), []
+            for _ in range(args.steps):
+                schedule.set(step)
+                # one size: nothing drawn, so single-size cycles keep their random streams
+                size = args.sizes[0] if len(args.sizes) == 1 else int(rng.choice(args.sizes))
+                model.set_input_size(size)
+                loss, focal, box = detector_loss(model, *make_batch(sources, rng, model, poses, size))
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                losses.append((loss.item(), focal, box))
+                step += 1
+            recall, dog_fp = quick_validation(model, val_cats, val_dogs)
+            loss, focal, giou = (float(np.mean([parts[k] for parts in losses])) for k in range(3))
+            log.write({"epoch": epoch, "loss": loss, "focal": focal, "giou": giou,
+                       "val_recall": recall, "val_false_per_dog": dog_fp, "seconds": round(time.time() - t0, 1)})
+            torch.save({"model": model.state_dict(), "epoch": epoch, "input": INPUT}, args.out / "checkpoint.pt")
     return model
 
 

@@ -8,23 +8,23 @@ errors and tilted heads. Flips swap left/right points.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from . import data
-from .augment import affine, crop_around_box, jitter_colour, move_points, to_chw, warp
-from .nets import CatLandmarker, freeze, pretrained_backbone
+from service.contract import LANDMARK_CROP_SCALE, LANDMARK_INPUT
+from service.geometry import to_chw
+
+from . import data, loop
+from .augment import affine, crop_around_box, jitter_colour, move_points, warp
+from .nets import CatLandmarker, pretrained_backbone
 
 # ---- config -------------------------------------------------------------------------------
-INPUT = 192
-CROP_SCALE = 1.4  # crop side / longer side of the face box; the manifest tells the server
+INPUT = LANDMARK_INPUT
+CROP_SCALE = LANDMARK_CROP_SCALE  # crop side / longer side of the face box; the manifest tells the server
 BATCH = 32
 EPOCHS = 40
 LR_HEAD, LR_BACKBONE = 2e-3, 5e-4
@@ -65,23 +65,10 @@ def nme(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--out", type=Path, default=Path("runs/landmarks"))
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--limit", type=int, default=None, help="use only N photos (smoke runs)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint (a second, shorter cycle)")
-    parser.add_argument("--lr-scale", type=float, default=1.0, help="multiply the learning rates")
+    parser = loop.arguments(__doc__, out="runs/landmarks", epochs=EPOCHS)
     parser.add_argument("--any-angle", type=float, default=ANY_ANGLE_P, help="share of crops rolled by any angle")
     args = parser.parse_args(argv)
-
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = open(args.out / "log.jsonl", "a")
+    rng = loop.start(args)
 
     photos = data.crawford(args.data / "crawford")
     train = [(Image.open(p.path).convert("RGB"), p.landmarks[0]) for p in photos if p.split == "train"][: args.limit]
@@ -90,54 +77,38 @@ def main(argv=None):
     val_y = np.stack([v[1] for v in val])
     print(f"train: {len(train)} faces, val: {len(val)} faces", flush=True)
 
-    model = CatLandmarker(pretrained_backbone(), INPUT)
-    if args.init:
-        model.load_state_dict(torch.load(args.init, map_location="cpu")["model"])
-    frozen = [model.backbone._conv_stem, model.backbone._bn0, *model.backbone._blocks[:FROZEN_BLOCKS]]
-    for m in frozen:
-        freeze(m)
-    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
-    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    optimiser = torch.optim.AdamW([{"params": head_params, "lr": LR_HEAD * args.lr_scale},
-                                   {"params": backbone_params, "lr": LR_BACKBONE * args.lr_scale}], weight_decay=1e-4)
-    base_lrs = [g["lr"] for g in optimiser.param_groups]
+    model = loop.initialised(CatLandmarker(pretrained_backbone(), INPUT), args.init)
+    optimiser, frozen = loop.fine_tuning(model, FROZEN_BLOCKS, LR_HEAD * args.lr_scale, LR_BACKBONE * args.lr_scale)
     steps_per_epoch = max(1, len(train) // BATCH)
-    total_steps = args.epochs * steps_per_epoch
+    schedule = loop.WarmupCosine(optimiser, args.epochs * steps_per_epoch, warmup_steps=50)
 
     step = 0
-    for epoch in range(args.epochs):
-        model.train()
-        for m in frozen:
-            m.eval()
-        t0, losses = time.time(), []
-        order = rng.permutation(len(train))
-        for b in range(steps_per_epoch):
-            warmup = min(1.0, (step + 1) / 50)
-            cosine = 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            for g, lr in zip(optimiser.param_groups, base_lrs):
-                g["lr"] = lr * warmup * cosine
-            batch = [jittered_crop(*train[i], rng, args.any_angle) for i in order[b * BATCH : (b + 1) * BATCH]]
-            x = torch.from_numpy(np.stack([s[0] for s in batch]))
-            y = torch.from_numpy(np.stack([s[1] for s in batch]).reshape(len(batch), 18).astype(np.float32))
-            # L1 per face divided by its inter-ocular distance, like the NME we are judged by:
-            # profile faces (small eye distance) need the most precision.
-            iod = (y[:, 0:2] - y[:, 2:4]).norm(dim=1).clamp(min=0.1)
-            loss = ((model(x) - y.clamp(0, 1)).abs().mean(1) / iod).mean() * 0.3
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(loss.item())
-            step += 1
-        model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(val_x[i : i + 64]) for i in range(0, len(val_x), 64)]).numpy().reshape(-1, 9, 2)
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_nme_gt_box": float(nme(pred, val_y).mean()),
-                  "seconds": round(time.time() - t0, 1)}
-        print(json.dumps(record), flush=True)
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        torch.save({"model": model.state_dict(), "epoch": epoch, "input": INPUT, "crop_scale": CROP_SCALE},
-                   args.out / "checkpoint.pt")
+    with loop.JsonLog(args.out / "log.jsonl") as log:
+        for epoch in range(args.epochs):
+            loop.train_mode(model, frozen)
+            t0, losses = time.time(), []
+            order = rng.permutation(len(train))
+            for b in range(steps_per_epoch):
+                schedule.set(step)
+                batch = [jittered_crop(*train[i], rng, args.any_angle) for i in order[b * BATCH : (b + 1) * BATCH]]
+                x = torch.from_numpy(np.stack([s[0] for s in batch]))
+                y = torch.from_numpy(np.stack([s[1] for s in batch]).reshape(len(batch), 18).astype(np.float32))
+                # L1 per face divided by its inter-ocular distance, like the NME we are judged by:
+                # profile faces (small eye distance) need the most precision.
+                iod = (y[:, 0:2] - y[:, 2:4]).norm(dim=1).clamp(min=0.1)
+                loss = ((model(x) - y.clamp(0, 1)).abs().mean(1) / iod).mean() * 0.3
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                losses.append(loss.item())
+                step += 1
+            model.eval()
+            with torch.no_grad():
+                pred = torch.cat([model(val_x[i : i + 64]) for i in range(0, len(val_x), 64)]).numpy().reshape(-1, 9, 2)
+            log.write({"epoch": epoch, "loss": float(np.mean(losses)), "val_nme_gt_box": float(nme(pred, val_y).mean()),
+                       "seconds": round(time.time() - t0, 1)})
+            torch.save({"model": model.state_dict(), "epoch": epoch, "input": INPUT, "crop_scale": CROP_SCALE},
+                       args.out / "checkpoint.pt")
     return model
 
 

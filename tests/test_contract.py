@@ -1,0 +1,70 @@
+"""The serving contract (service/contract.py) against its consumers: the shipped manifest, the
+server's reading of it, and the README's Swift code. A number changed in one place only fails here."""
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from service import contract
+from service.pipeline import BREED_CROP_SCALE, CatFace
+from service.runtime import read_manifest
+
+from .conftest import MODELS, REPO
+
+ENTRIES = read_manifest(MODELS)["models"]
+
+
+def entries(name: str) -> list[dict]:
+    found = [e for e in ENTRIES if e["name"] == name]
+    assert found, f"the manifest has no {name} entry"
+    return found
+
+
+def input_side(entry: dict) -> tuple[int, int]:
+    pixels = entry["inputs"][0]
+    return tuple(pixels["shape"][2:4]) if entry["format"] == "onnx" else (pixels["height"], pixels["width"])
+
+
+@pytest.mark.parametrize("entry", entries("catface"), ids=lambda e: e["format"])
+def test_detector_entries_carry_the_contract(entry):
+    assert input_side(entry) == (contract.DETECTOR_INPUT, contract.DETECTOR_INPUT)
+    post = entry["postprocess"]
+    assert (post["score_threshold"], post["iou_threshold"], post["max_faces"]) == (
+        contract.SCORE_THRESHOLD, contract.IOU_THRESHOLD, contract.MAX_FACES)
+    defaults = {i["name"]: i["default"] for i in entry["inputs"] if "default" in i}  # CoreML's NMS inputs
+    assert defaults in ({}, {"iouThreshold": contract.IOU_THRESHOLD, "confidenceThreshold": contract.SCORE_THRESHOLD})
+
+
+@pytest.mark.parametrize("entry", entries("catlandmarks"), ids=lambda e: e["format"])
+def test_landmark_entries_carry_the_contract(entry):
+    assert input_side(entry) == (contract.LANDMARK_INPUT, contract.LANDMARK_INPUT)
+    crop = entry["inputs"][0]["crop"]
+    assert crop["scale"] == contract.LANDMARK_CROP_SCALE
+    assert f"{contract.LANDMARK_CROP_SCALE} x" in crop["rule"]
+
+
+@pytest.mark.parametrize("entry", entries("catbreeds"), ids=lambda e: e["format"])
+def test_breed_entries_agree_with_the_contract_where_they_carry_the_crop(entry):
+    crop = entry["inputs"][0].get("crop") or entry.get("crop")
+    assert crop["scale"] == contract.BREED_CROP_SCALE
+    assert entry["cat_threshold"] == contract.CAT_THRESHOLD
+
+
+def test_the_server_reads_the_contract_from_the_manifest():
+    by_name = {e["name"]: SimpleNamespace(entry=e) for e in ENTRIES if e["format"] == "onnx"}
+    catface = CatFace(by_name)
+    assert (catface.score_threshold, catface.iou_threshold, catface.max_faces) == (
+        contract.SCORE_THRESHOLD, contract.IOU_THRESHOLD, contract.MAX_FACES)
+    assert catface.crop_scale == contract.LANDMARK_CROP_SCALE
+    assert BREED_CROP_SCALE == contract.BREED_CROP_SCALE
+    assert catface.cat_threshold == contract.CAT_THRESHOLD
+
+
+def test_the_readme_swift_code_uses_the_contract_crops():
+    readme = (REPO / "README.md").read_text()
+    scales = [float(s) for s in re.findall(r"square\(around: box, scale: ([0-9.]+)\)", readme)]
+    assert scales == [contract.LANDMARK_CROP_SCALE, contract.BREED_CROP_SCALE]
+    described = {float(s) for s in re.findall(r"square of ([0-9.]+) x", readme)}
+    assert described == {contract.LANDMARK_CROP_SCALE, contract.BREED_CROP_SCALE}
