@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
+
 import numpy as np
 
 from .batching import Batcher

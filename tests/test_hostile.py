@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks import attacks
 
-from .conftest import encode, photo, service_process, CATS
+from .conftest import CATS, encode, photo, service_process
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +138,9 @@ def test_annotate_answers_a_big_photo_reduced(server):
     big = photo(CATS[0]).resize((4000, 3000))
     answer = httpx.post(base + "/annotate", content=encode(big), headers={"Content-Type": "image/jpeg"}, timeout=60)
     assert answer.status_code == 200
-    from PIL import Image
     import io
+
+    from PIL import Image
     drawn = Image.open(io.BytesIO(answer.content))
     assert max(drawn.size) <= 2048 and abs(drawn.width / drawn.height - 4 / 3) < 0.01
 

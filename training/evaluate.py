@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from service.detection import iou, select_faces
 from service.contract import BREED_CROP_SCALE
+from service.detection import iou, select_faces
 from service.pipeline import CatFace, Face, load
 
 from . import data

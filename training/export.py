@@ -16,11 +16,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.contract import DETECTOR_INPUT, IOU_THRESHOLD, LANDMARK_CROP_SCALE, MAX_FACES, SCORE_THRESHOLD
+from service.contract import (
+    BREED_CROP_SCALE,
+    CAT_THRESHOLD,
+    DETECTOR_INPUT,
+    IOU_THRESHOLD,
+    LANDMARK_CROP_SCALE,
+    MAX_FACES,
+    SCORE_THRESHOLD,
+)
 
 from . import data
 from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
-from service.contract import BREED_CROP_SCALE, CAT_THRESHOLD
 
 VERSION = "1.0.0"
 OPSET = 17

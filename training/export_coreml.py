@@ -27,12 +27,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from service.contract import BREED_CROP_SCALE
+
 from . import coreml_check as check
 from . import data
 from .export import VERSION, breeds_entry, detector_entry, file_facts, landmarks_entry, load_checkpoint, update_manifest
 from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker
 from .train_detector import IOU_THRESHOLD, SCORE_THRESHOLD
-from service.contract import BREED_CROP_SCALE
 
 AUTHOR = "catface contributors"
 LICENSE = ("Code: Apache-2.0. Weights: trained on public datasets that keep their own terms "
