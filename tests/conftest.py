@@ -30,6 +30,8 @@ MODELS = REPO / "models"
 CATS = ["crawford/CAT_01/00000102_003.jpg", "crawford/CAT_01/00000108_003.jpg",
         "crawford/CAT_01/00000105_005.jpg", "crawford/CAT_01/00000103_003.jpg"]
 DOGS = ["negatives/dogs/dog.132.jpg", "negatives/dogs/dog.102.jpg"]
+# A cat in profile whose face the detector does not find (an Oxford validation photo).
+PROFILE_CAT = "oxford-iiit-pet/images/Abyssinian_190.jpg"
 
 
 def data_file(relative: str) -> Path:

@@ -16,6 +16,7 @@ from service.schemas import LANDMARK_NAMES
 
 from .conftest import (
     CATS,
+    PROFILE_CAT,
     STORED_FROM_UPRIGHT,
     LiveApp,
     assert_problem,
@@ -74,14 +75,25 @@ def test_raw_image_body_gives_the_same_answer_as_multipart(live, cat_bytes):
 def test_dog_photos_give_no_face_and_no_breeds(live, dog_bytes):
     for data in dog_bytes:
         assert post_photo(live, data).json()["faces"] == []
-        assert post_photo(live, data, url="/breeds").json() == {"cat": False, "faces": 0, "breeds": []}
+        answer = post_photo(live, data, url="/breeds").json()
+        assert (answer["cat"], answer["faces"], answer["breeds"]) == (False, 0, [])
+        assert answer["cat_score"] < 0.5 and answer["based_on"] == "photo"
 
 
 def test_breeds_of_a_cat_photo(live, cat_bytes):
     body = post_photo(live, cat_bytes[1], url="/breeds").json()
-    assert body["cat"] is True and body["faces"] >= 1
+    assert body["cat"] is True and body["faces"] == 1 and body["based_on"] == "face_and_photo"
     scores = [b["score"] for b in body["breeds"]]
     assert scores and scores == sorted(scores, reverse=True) and min(scores) >= 0.05
+
+
+def test_breeds_of_a_cat_whose_face_is_not_seen(live):
+    """A cat in profile (its face not found) is still a cat of some breed: /breeds
+    answers from the whole photo when the detector finds no face."""
+    cat = photo(PROFILE_CAT)
+    assert post_photo(live, encode(cat)).json()["faces"] == []  # no face to find
+    body = post_photo(live, encode(cat), url="/breeds").json()
+    assert body["cat"] is True and body["faces"] == 0 and body["based_on"] == "photo" and body["breeds"]
 
 
 def close(a: list[dict], b: list[dict], tolerance: float) -> bool:

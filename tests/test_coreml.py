@@ -13,12 +13,12 @@ import pytest
 from service.contract import IOU_THRESHOLD, SCORE_THRESHOLD
 from training import coreml_check as check
 from training import data
-from training.export import VERSION
+from training.export import VERSIONS
 
 from .conftest import MODELS, ground_truth, photo
 
 NAMES = ("catface", "catlandmarks", "catbreeds")
-MAX_BYTES = {"catface": 3_000_000, "catlandmarks": 3_000_000, "catbreeds": 10_000_000}
+MAX_BYTES = {"catface": 3_000_000, "catlandmarks": 3_000_000, "catbreeds": 12_000_000}  # issue 13: <= 12 MB
 PHOTOS = check.PHOTOS  # real photos per model (cat faces; one dog for the detector)
 
 if not any((MODELS / f"{n}.mlmodel").exists() for n in NAMES):
@@ -156,7 +156,7 @@ def test_structural_rules_and_metadata_pass(specs, name):
     spec = specs[name]
     assert check.structural_problems(spec) == []
     meta = spec.description.metadata
-    assert meta.versionString == VERSION and meta.author and "Apache-2.0" in meta.license
+    assert meta.versionString == VERSIONS[name] and meta.author and "Apache-2.0" in meta.license
     preview = {"catface": "objectDetector", "catbreeds": "imageClassifier"}.get(name)
     assert meta.userDefined.get(check.PREVIEW) == preview
     for part in [spec] + list(spec.pipeline.models):
@@ -174,7 +174,7 @@ def test_breeds_is_a_classifier_with_the_twelve_labels(specs, refs):
     pixels = pixels_of(spec, PHOTOS["catbreeds"][0])
     out = check.predict(spec, {"image": pixels})
     session, _ = refs["catbreeds"]["onnx"]
-    (probabilities,) = session.run(None, {"image": pixels.astype(np.float32).transpose(2, 0, 1)[None]})
+    probabilities, _cat = session.run(None, {"image": pixels.astype(np.float32).transpose(2, 0, 1)[None]})
     assert out["classLabel"] == data.BREEDS[int(np.argmax(probabilities))]
     assert sum(out["classLabelProbs"].values()) == pytest.approx(1.0, abs=1e-4)
 
@@ -232,7 +232,7 @@ def test_file_is_small_and_in_the_manifest(specs, name):
     manifest = json.loads((MODELS / "manifest.json").read_text())
     (entry,) = [m for m in manifest["models"] if m["name"] == name and m["format"] == "coreml"]
     assert entry["file"] == path.name and entry["bytes"] == path.stat().st_size
-    assert entry["weights"] == check.weight_precision(specs[name]) and entry["version"] == VERSION
+    assert entry["weights"] == check.weight_precision(specs[name]) and entry["version"] == VERSIONS[name]
     d = specs[name].description
     assert [i["name"] for i in entry["inputs"]] == [f.name for f in d.input]
     assert {o["name"] for o in entry["outputs"]} == {f.name for f in d.output}

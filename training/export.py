@@ -29,7 +29,8 @@ from service.contract import (
 from . import data
 from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
 
-VERSION = "1.0.0"
+# Per model: a retrained model gets a new version (the manifest says which one is shipped).
+VERSIONS = {"catface": "1.0.0", "catlandmarks": "1.0.0", "catbreeds": "2.0.0"}
 OPSET = 17
 PIXELS = {"name": "image", "layout": "NCHW", "dtype": "float32", "color": "RGB",
           "range": "0..255 (normalisation is inside the graph)"}
@@ -70,7 +71,7 @@ def export_onnx(model: torch.nn.Module, size: int, outputs: list[str], path: Pat
 
 def detector_entry(size: int, grid: int) -> dict:
     return {
-        "name": "catface", "format": "onnx", "version": VERSION, "task": "cat face detection",
+        "name": "catface", "format": "onnx", "version": VERSIONS["catface"], "task": "cat face detection",
         "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],
                     "resize": f"the whole photo stretched to {size}x{size} (aspect ratio not kept)"}],
         "outputs": [
@@ -90,7 +91,7 @@ def detector_entry(size: int, grid: int) -> dict:
 
 def landmarks_entry(size: int) -> dict:
     return {
-        "name": "catlandmarks", "format": "onnx", "version": VERSION, "task": "9 cat face landmarks",
+        "name": "catlandmarks", "format": "onnx", "version": VERSIONS["catlandmarks"], "task": "9 cat face landmarks",
         "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],
                     "crop": {"scale": LANDMARK_CROP_SCALE, "rule": f"a square of side {LANDMARK_CROP_SCALE} x the longer side of the face box, "
                              f"centred on the box, resized to {size}x{size}; outside the photo is black"}}],
@@ -102,7 +103,7 @@ def landmarks_entry(size: int) -> dict:
 
 def breeds_entry(size: int) -> dict:
     return {
-        "name": "catbreeds", "format": "onnx", "version": VERSION, "task": "cat breed classification",
+        "name": "catbreeds", "format": "onnx", "version": VERSIONS["catbreeds"], "task": "cat breed classification",
         "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],
                     "resize": f"the photo (or a face crop) stretched to {size}x{size}",
                     "crop": {"scale": BREED_CROP_SCALE,

@@ -31,7 +31,7 @@ from service.contract import BREED_CROP_SCALE
 
 from . import coreml_check as check
 from . import data
-from .export import VERSION, breeds_entry, detector_entry, file_facts, landmarks_entry, load_checkpoint, update_manifest
+from .export import VERSIONS, breeds_entry, detector_entry, file_facts, landmarks_entry, load_checkpoint, update_manifest
 from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker
 from .train_detector import IOU_THRESHOLD, SCORE_THRESHOLD
 
@@ -102,10 +102,10 @@ def half_weights(spec) -> None:
             w.float16Value = half.tobytes()
 
 
-def describe(spec, short: str, features: dict[str, str], preview: str | None = None) -> None:
+def describe(spec, name: str, short: str, features: dict[str, str], preview: str | None = None) -> None:
     """Author, licence, version, descriptions; drop the conversion date (byte-stable files)."""
     meta = spec.description.metadata
-    meta.author, meta.license, meta.versionString, meta.shortDescription = AUTHOR, LICENSE, VERSION, short
+    meta.author, meta.license, meta.versionString, meta.shortDescription = AUTHOR, LICENSE, VERSIONS[name], short
     for part in [spec] + list(spec.pipeline.models):
         if check.CONVERSION_DATE in part.description.metadata.userDefined:
             del part.description.metadata.userDefined[check.CONVERSION_DATE]
@@ -191,7 +191,7 @@ def export_catface(model: CatFaceDetector, size: int, precision: str):
     if precision == "float16":
         half_weights(spec)
     spec = catface_pipeline(spec, (size // model.STRIDE) ** 2)
-    describe(spec, "Finds cat faces: a box and a score per face (Vision: VNRecognizedObjectObservation, "
+    describe(spec, "catface", "Finds cat faces: a box and a score per face (Vision: VNRecognizedObjectObservation, "
                    "label \"cat\").", CATFACE_FEATURES, preview="objectDetector")
     return spec
 
@@ -201,7 +201,7 @@ def export_landmarks(model: CatLandmarker, size: int, precision: str):
     spec.description.output[0].type.multiArrayType.shape.extend([1, 18])
     if precision == "float16":
         half_weights(spec)
-    describe(spec, "9 cat face landmarks (eyes, mouth, 3 per ear) in a square face crop.", {
+    describe(spec, "catlandmarks", "9 cat face landmarks (eyes, mouth, 3 per ear) in a square face crop.", {
         "image": landmarks_entry(size)["inputs"][0]["crop"]["rule"].capitalize() + ".",
         "landmarks": "x0, y0, ..., x8, y8 normalised to the crop (0..1, origin top-left): "
                      + ", ".join(data.LANDMARK_NAMES) + ".",
@@ -231,7 +231,7 @@ def export_breeds(model: CatBreedClassifier, size: int, precision: str):
     if precision == "float16":
         half_weights(spec)
     d = spec.description
-    describe(spec, "Likely breed of a cat among 12 (Oxford-IIIT Pet breeds).", {
+    describe(spec, "catbreeds", "Likely breed of a cat among 12 (Oxford-IIIT Pet breeds).", {
         "image": f"A photo of a cat or a square crop of {BREED_CROP_SCALE:g} x the face box around it, "
                  f"stretched to {size}x{size}.",
         d.predictedFeatureName: "The most likely breed.",
@@ -335,9 +335,11 @@ def main(argv=None):
         diff = verify_against_torch("catbreeds", spec, model, size)
         save(spec, args.out / "catbreeds.mlmodel")
         d = spec.description
+        onnx = breeds_entry(size)
+        coreml = {k: v for k, v in onnx.items() if k not in ("cat_threshold", "product_rule")}  # no cat output here
         entries.append({**manifest_entry(
-            breeds_entry(size), spec,
-            [image_input(size, resize=f"the photo (or a face crop) stretched to {size}x{size}")],
+            coreml, spec,
+            [image_input(size, resize=onnx["inputs"][0]["resize"], crop=onnx["inputs"][0]["crop"])],
             [{"name": d.predictedFeatureName, "type": "string", "meaning": "the most likely label"},
              {"name": d.predictedProbabilitiesName, "type": "dictionary string -> double",
               "meaning": "probability of each label (softmax)"}]),
