@@ -59,7 +59,8 @@ def cli(folder: Path, out: Path, args) -> dict:
     rate = re.search(r"photos in [\d.]+ s \(([\d.]+)/s\)", done.stderr)
     return {"exit": done.returncode, "lines": len(lines), "errors": sum('"error"' in line for line in lines),
             "rps": float(rate[1]) if rate else None, "wall_s": round(wall, 2),
-            "wall_rps": round(len(lines) / wall, 2), "progress_shown": f"{len(lines)}/{len(lines)} photos" in done.stderr,
+            "wall_rps": round(len(lines) / wall, 2),
+            "progress_shown": f"{len(lines)}/{len(lines)} photos" in done.stderr,
             "stderr_tail": done.stderr.strip().splitlines()[-1:]}
 
 

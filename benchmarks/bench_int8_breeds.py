@@ -54,7 +54,8 @@ def main():
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     print(f"{'model':<22}{'MB':>7}{'top-1':>8}{'b1 ms':>9}{'b8 ms/img':>11}")
-    for name, path in [("fp32 (shipped)", ROOT / "models" / "catbreeds.onnx"), ("int8 static QDQ", work / "static.onnx"),
+    for name, path in [("fp32 (shipped)", ROOT / "models" / "catbreeds.onnx"),
+                       ("int8 static QDQ", work / "static.onnx"),
                        ("int8 dynamic", work / "dynamic.onnx")]:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         top1 = np.mean([session.run(None, {"image": x})[0][0].argmax() == y for x, y in zip(images, labels)])

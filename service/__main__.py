@@ -20,6 +20,7 @@ import sys
 import time
 
 import uvicorn
+from fastapi import FastAPI
 
 from . import logs
 from .app import create_app
@@ -40,7 +41,9 @@ class DrainingServer(uvicorn.Server):
         if self.drain_from is None:
             # In a signal handler: only flip flags; on_tick does the rest on the event loop.
             self.drain_from = time.monotonic()
-            self.config.app.state.service.draining = True
+            app = self.config.app
+            assert isinstance(app, FastAPI)  # main() hands uvicorn the app itself, not an import string
+            app.state.service.draining = True
             return
         super().handle_exit(sig, frame)
 
@@ -80,7 +83,8 @@ def taken(host: str, port: int) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", help="address to listen on (0.0.0.0 in a container); default CATFACE_HOST or 127.0.0.1")
+    parser.add_argument("--host",
+                        help="address to listen on (0.0.0.0 in a container); default CATFACE_HOST or 127.0.0.1")
     parser.add_argument("--port", type=int, help="default CATFACE_PORT or 8000")
     args = parser.parse_args(argv)
     try:

@@ -65,7 +65,7 @@ def put_sticker(image: Image.Image, placement: Placement) -> None:
     art = stickers.ART[Sticker(placement.sticker)]
     upright = stickers.render(Sticker(placement.sticker), placement.width / art.width)
     # Pillow turns anticlockwise; expand keeps the art whole and its centre at the new centre.
-    turned = upright.rotate(-placement.angle, resample=Image.BICUBIC, expand=True)
+    turned = upright.rotate(-placement.angle, resample=Image.Resampling.BICUBIC, expand=True)
     corner = (round(placement.x - turned.width / 2), round(placement.y - turned.height / 2))
     image.paste(turned, corner, turned)
 
@@ -82,7 +82,8 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return cache[size]
 
 
-def _text_box(draw: ImageDraw.ImageDraw, xy, text: str, size: int, pad: int) -> tuple[int, int, int, int]:
+def _text_box(draw: ImageDraw.ImageDraw, xy, text: str, size: int,
+              pad: int) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = draw.textbbox(xy, text, font=font(size))
     return x0 - pad, y0 - pad, x1 + pad, y1 + pad
 
@@ -128,7 +129,8 @@ def note_area(size: tuple[int, int]) -> tuple[int, int, int, int]:
     text_size, margin, pad = _note_metrics(size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     x0, y0, x1, y1 = _text_box(probe, (margin + pad, margin + pad), NO_FACE_NOTE, text_size, pad)
-    return int(math.floor(x0)), int(math.floor(y0)), min(size[0], int(math.ceil(x1)) + 1), min(size[1], int(math.ceil(y1)) + 1)
+    return (int(math.floor(x0)), int(math.floor(y0)),
+            min(size[0], int(math.ceil(x1)) + 1), min(size[1], int(math.ceil(y1)) + 1))
 
 
 def _note_metrics(size: tuple[int, int]) -> tuple[int, int, int]:
@@ -195,7 +197,8 @@ def encode(image: Image.Image, media_type: str) -> bytes:
     return out.getvalue()
 
 
-def render(image: Image.Image, faces: list[Face], sticker: Sticker | None, media_type: str) -> tuple[bytes, list[Placement]]:
+def render(image: Image.Image, faces: list[Face], sticker: Sticker | None,
+           media_type: str) -> tuple[bytes, list[Placement]]:
     """The annotated photo, encoded; draws on `image` itself (the caller's own copy)."""
     placements = draw_on(image, faces, sticker)
     return encode(image, media_type), placements

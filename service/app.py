@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -46,7 +46,7 @@ from .stickers import Sticker
 log = logging.getLogger("catface")
 T = TypeVar("T")
 
-ANALYSIS_ERRORS = {
+ANALYSIS_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "malformed multipart body", "content": PROBLEM_CONTENT},
     408: {"description": "the upload was too slow (whole body within CATFACE_UPLOAD_TIMEOUT_S, and at least "
                          "CATFACE_MIN_UPLOAD_RATE bytes/s after the first seconds)", "content": PROBLEM_CONTENT},
@@ -198,7 +198,7 @@ async def breeds(request: Request) -> BreedsResponse:
 
 
 _IMAGE = {"schema": {"type": "string", "format": "binary"}}
-ANNOTATE_RESPONSES = {
+ANNOTATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "the upright photo (reduced to at most CATFACE_ANNOTATE_MAX_SIDE pixels, 2048 by "
                          "default, on its longer side) with the faces drawn (box, landmarks 0-8 in the "
                          "order of `Landmarks`, top breed) and the stickers; a photo without a cat face comes "
@@ -220,7 +220,8 @@ ANNOTATE_RESPONSES = {
              summary="The photo with its cat faces drawn, and a sticker if asked", tags=["analysis"])
 async def annotate_photo(
     request: Request,
-    sticker: Annotated[Sticker | None, Query(description="put this sticker on every face, placed by its landmarks")] = None,
+    sticker: Annotated[Sticker | None,
+                       Query(description="put this sticker on every face, placed by its landmarks")] = None,
 ) -> Response:
     media_type = annotate.negotiate(request.headers.get("accept"))
     if media_type is None:  # refused before the upload is read
@@ -277,8 +278,9 @@ async def _on_http_error(request: Request, exc: StarletteHTTPException) -> Respo
     if exc.status_code == 405:
         # Starlette names only the methods of the first route on the path; GET and HEAD of
         # /models/{file} are two routes, so `Allow` missed GET. List every route's methods.
+        routes = request.app.router.routes
         allowed = [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-                   if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in request.app.router.routes)]
+                   if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)]
         headers = {**(headers or {}), "Allow": ", ".join(allowed)} if allowed else headers
     return problem_response(exc.status_code, exc.detail, instance=request.url.path, headers=headers,
                             request_id=_request_id(request))
@@ -306,9 +308,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_budget=uploads.UploadBudget(settings.max_upload_buffer_bytes))
     app.state.service = state  # the one attribute on Starlette's state: read it with service_state()
     app.add_middleware(RequestContext, metrics=state.metrics)
-    app.add_exception_handler(Problem, _on_problem)
-    app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    # Starlette types a handler as taking any Exception; it calls each one with its own class only.
+    app.add_exception_handler(Problem, _on_problem)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _on_validation_error)  # type: ignore[arg-type]
     app.include_router(router)
     app.include_router(artifacts.router)
     page.mount(app)
@@ -321,5 +324,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.openapi_schema = doc
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 import mimetypes
 import re
 from pathlib import Path
+from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, Request
@@ -18,7 +19,7 @@ from starlette.responses import Response, StreamingResponse
 
 from .problems import PROBLEM_CONTENT, Problem
 from .runtime import read_manifest, verified_path
-from .schemas import ModelsResponse
+from .schemas import ModelEntry, ModelsResponse
 from .state import service_state
 
 CHUNK = 256 * 1024
@@ -55,19 +56,22 @@ async def list_models(request: Request) -> ModelsResponse:
     # The path alone, or under the configured public URL: never built from the Host header,
     # which any client can set (a cache in front would hand the forged links to everyone).
     base = service_state(request).settings.public_url.rstrip("/")
-    return ModelsResponse(models=[{**entry, "url": base + request.app.url_path_for("model_file", file=entry["file"])}
-                                  for entry in artifacts.entries])
+    return ModelsResponse(models=[
+        ModelEntry.model_validate({**entry, "url": base + request.app.url_path_for("model_file", file=entry["file"])})
+        for entry in artifacts.entries])
 
 
 _FILE_DOC = {
     "parameters": [{"name": "file", "in": "path", "required": True, "schema": {"type": "string"},
                     "description": "a `file` of GET /models; any other name is 404"}],
 }
-_FILE_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "description": "the file"},
-                   206: {"description": "the requested byte range"},
-                   304: {"description": "the client's copy is current (If-None-Match)"},
-                   404: {"description": "not a file of the manifest", "content": PROBLEM_CONTENT},
-                   416: {"description": "the range lies outside the file", "content": PROBLEM_CONTENT}}
+_FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+    206: {"description": "the requested byte range"},
+    304: {"description": "the client's copy is current (If-None-Match)"},
+    404: {"description": "not a file of the manifest", "content": PROBLEM_CONTENT},
+    416: {"description": "the range lies outside the file", "content": PROBLEM_CONTENT},
+}
 
 
 # The name is read from path_params, not declared as an argument: any text is a valid name to
@@ -123,7 +127,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
 
 
-def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
+def parse_range(header: str, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
     """A single `bytes=` range -> (start, stop) with stop exclusive; "unsatisfiable"; or None
     when the header is to be ignored (other units, bad syntax, several ranges: RFC 9110 14.2
     lets a server answer those with the whole file)."""

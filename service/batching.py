@@ -164,7 +164,8 @@ class Batcher:
     def _take(self) -> list[_Item]:
         """Items from the front, up to max_batch_size rows; an item is never split, so one larger
         than the limit (a photo with many faces) runs alone."""
-        batch, rows = [], 0
+        batch: list[_Item] = []
+        rows = 0
         while self._items and (not batch or rows + len(self._items[0].rows) <= self.max_batch_size):
             item = self._items.popleft()
             batch.append(item)

@@ -222,6 +222,7 @@ class Local:
                 job, future = ahead.popleft()
                 top_up()
                 photo = future.result()
+                result: Future[dict]
                 if isinstance(photo, dict):
                     result = Future()
                     result.set_result(photo)
@@ -317,6 +318,7 @@ class Remote:
                 return error_line(status, "http-error", body[:200].decode("utf-8", "replace"))
         if args.command != "annotate":
             return json.loads(body)
+        assert target is not None  # run() gives every annotate job a target
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(body)
@@ -328,8 +330,8 @@ class Remote:
 
     def run(self, args, jobs: list[Job], emit: Callable[[Job, dict], None]) -> None:
         taken: set[Path] = set()
-        targets = [out_path(job, args.out_dir, FORMATS[args.format][1], taken) if args.command == "annotate" else None
-                   for job in jobs]
+        targets = [out_path(job, args.out_dir, FORMATS[args.format][1], taken) if args.command == "annotate"
+                   else None for job in jobs]
         with ThreadPoolExecutor(args.jobs, thread_name_prefix="catface-http") as pool:
             pending: deque[tuple[Job, Future]] = deque()
             for job, target in zip(jobs, targets):
@@ -384,7 +386,8 @@ def parser() -> argparse.ArgumentParser:
                          help="where the drawn photos go, keeping their paths under the folders given")
     drawing.add_argument("--sticker", type=Sticker, choices=list(Sticker), metavar="{" + ",".join(Sticker) + "}",
                          help="put this sticker on every face, placed by its landmarks")
-    drawing.add_argument("--format", choices=sorted(FORMATS), default="jpeg", help="of the drawn photos (default: jpeg)")
+    drawing.add_argument("--format", choices=sorted(FORMATS), default="jpeg",
+                         help="of the drawn photos (default: jpeg)")
     return top
 
 
@@ -408,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         say("no photo found at " + " ".join(args.paths), always=True)
         return EXIT_USAGE
 
+    engine: Local | Remote
     if args.url:
         engine = Remote(args.url)
         if (why := engine.check()) is not None:
@@ -451,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     progress.close()
     elapsed = time.monotonic() - progress.start
     answered = progress.done - progress.errors
-    say(f"{progress.done} photo{'s' if progress.done != 1 else ''} in {elapsed:.1f} s ({progress.done / max(elapsed, 1e-6):.1f}/s): {answered} answered"
-        f" ({progress.faces} cat faces), {progress.errors} with an error line"
+    rate = progress.done / max(elapsed, 1e-6)
+    say(f"{progress.done} photo{'s' if progress.done != 1 else ''} in {elapsed:.1f} s ({rate:.1f}/s): "
+        f"{answered} answered ({progress.faces} cat faces), {progress.errors} with an error line"
         + ("" if args.out == "-" else f"; lines in {args.out}"))
     return EXIT_SOME_FAILED if progress.errors else EXIT_OK
 

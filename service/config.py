@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,11 +60,11 @@ class Settings:
     forwarded_allow_ips: str = ""
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
-        environ = os.environ if environ is None else environ
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        env: Mapping[str, str] = os.environ if environ is None else environ
         values = {}
         for f in dataclasses.fields(cls):
-            raw = environ.get(PREFIX + f.name.upper())
+            raw = env.get(PREFIX + f.name.upper())
             if raw is not None and raw.strip() != "":
                 values[f.name] = _parse(f, raw.strip())
         values.update(overrides)

@@ -18,7 +18,8 @@ def square_crop_matrix(box, out_size: int, scale: float) -> np.ndarray:
 def warp(image: Image.Image, matrix: np.ndarray, size: tuple[int, int], fill=(0, 0, 0)) -> Image.Image:
     """Pixels of `image` moved by `matrix` (source -> output) into an image of `size`."""
     inverse = np.linalg.inv(matrix)
-    return image.transform(size, Image.AFFINE, tuple(inverse[:2].flatten()), Image.BILINEAR, fillcolor=fill)
+    return image.transform(size, Image.Transform.AFFINE, tuple(inverse[:2].flatten()),
+                           Image.Resampling.BILINEAR, fillcolor=fill)
 
 
 def move_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -29,5 +30,5 @@ def to_chw(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarra
     """Stretch to (height, width) when a size is given, and lay out as CHW float32 0..255: a
     model input row. The one such helper, for the server and the training code."""
     if size is not None and image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), Image.BILINEAR)
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.asarray(image, np.float32).transpose(2, 0, 1)

@@ -180,7 +180,8 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 8
     if width * height > max_pixels:
         raise _too_large(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
     if min(width, height) < MIN_SIDE:
-        raise Problem(422, "image-too-small", f"the image is {width}x{height}; both sides must be at least {MIN_SIDE} pixels")
+        raise Problem(422, "image-too-small",
+                      f"the image is {width}x{height}; both sides must be at least {MIN_SIDE} pixels")
     if max(width, height) > MAX_ASPECT * min(width, height):
         raise Problem(422, "image-shape", f"the image is {width}x{height}; the longer side may be at most "
                                           f"{MAX_ASPECT} times the shorter")
@@ -202,11 +203,12 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 8
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_large(f"the image has more than {max_pixels} pixels") from None
     except Exception as exc:  # Pillow signals broken data with many types (OSError, SyntaxError, ValueError...)
-        raise Problem(422, "corrupt-image", f"the {image.format} data cannot be decoded (truncated or corrupt)") from exc
+        raise Problem(422, "corrupt-image",
+                      f"the {image.format} data cannot be decoded (truncated or corrupt)") from exc
     if image.width * image.height > max_pixels:  # a HEIF's coded picture may differ from its header
         raise _too_large(f"the image decoded to {image.width}x{image.height} pixels; the limit is {max_pixels} pixels")
     try:
-        turn = _UPRIGHT.get(image.getexif().get(0x0112))
+        turn = _UPRIGHT.get(image.getexif().get(0x0112, 1))  # 1 (or none): upright as stored
     except Exception:  # a malformed EXIF block should not cost the user the photo: keep it as stored
         turn = None
     if turn in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90,
@@ -216,6 +218,7 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 8
     # Reduce before anything else touches every pixel (conversion, rotation): the big image is
     # read once. `original` keeps up to original_side, `image` up to decode_side.
     fmt = image.format
+    assert fmt is not None  # Image.open(formats=...) names the format it opened
     original = _upright_rgb(_reduced(image, original_side, at_most=True), turn) if keep_original else None
     rgb = _upright_rgb(_reduced(image, decode_side), turn) if original is None else _reduced(original, decode_side)
     return Photo(rgb, width, height, fmt, original)

@@ -39,7 +39,7 @@ router = APIRouter(include_in_schema=False)
 class SecuredStaticFiles(StaticFiles):
     """StaticFiles whose every answer carries HEADERS."""
 
-    def file_response(self, full_path: os.PathLike, stat_result: os.stat_result, scope: Scope,
+    def file_response(self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope,
                       status_code: int = 200) -> Response:
         response = super().file_response(full_path, stat_result, scope, status_code)
         response.headers.update(HEADERS)
@@ -55,7 +55,8 @@ async def index() -> HTMLResponse:
 def _inline_script_hashes(html: str) -> str:
     """CSP sources for the page's inline scripts: Swagger UI starts from one inline <script>."""
     scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
-    return " ".join("'sha256-%s'" % base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in scripts)
+    digests = (base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in scripts)
+    return " ".join(f"'sha256-{d}'" for d in digests)
 
 
 @router.get("/docs")

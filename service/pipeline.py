@@ -45,7 +45,8 @@ class CatFace:
         self.models = models
         self.detector, self.landmarker, self.classifier = models["catface"], models["catlandmarks"], models["catbreeds"]
         post = self.detector.entry["postprocess"]
-        self.score_threshold, self.iou_threshold, self.max_faces = post["score_threshold"], post["iou_threshold"], post["max_faces"]
+        self.score_threshold, self.iou_threshold = post["score_threshold"], post["iou_threshold"]
+        self.max_faces = post["max_faces"]
         self.crop_scale = self.landmarker.entry["inputs"][0]["crop"]["scale"]
         self.breed_labels = self.classifier.entry["labels"]
         self.breed_threshold = self.classifier.entry["report_threshold"]
@@ -78,7 +79,8 @@ class CatFace:
 
     def breeds_from(self, probabilities: np.ndarray) -> list[tuple[str, float]]:
         order = np.argsort(-probabilities, kind="stable")
-        return [(self.breed_labels[i], float(probabilities[i])) for i in order if probabilities[i] >= self.breed_threshold]
+        return [(self.breed_labels[i], float(probabilities[i])) for i in order
+                if probabilities[i] >= self.breed_threshold]
 
     # The classifier sees each face's crop and the whole photo; with one cat in the photo both
     # views are averaged, the most accurate rule on validation (see models/MODEL_CARD.md).
@@ -130,8 +132,8 @@ class CatFace:
                 probs, _ = self.classifier.run(np.concatenate(rows))
                 start = 0
                 for (_, faces), r in zip(with_faces, rows):
-                    for face, breeds in zip(faces, self.face_breeds(probs[start : start + len(r)])):
-                        face.breeds = breeds
+                    for face, ranked in zip(faces, self.face_breeds(probs[start : start + len(r)])):
+                        face.breeds = ranked
                     start += len(r)
         return found
 

@@ -6,6 +6,7 @@ admission, artifacts); `problem_response` renders it. The app maps everything el
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from starlette.responses import JSONResponse
@@ -30,7 +31,7 @@ class Problem(Exception):
 
 def problem_response(status: int, detail: str | None = None, *, slug: str | None = None,
                      title: str | None = None, instance: str | None = None,
-                     headers: dict[str, str] | None = None, **extensions) -> JSONResponse:
+                     headers: Mapping[str, str] | None = None, **extensions) -> JSONResponse:
     body = {
         # about:blank means "nothing more than the HTTP status", as RFC 9457 section 4.2.1 says.
         "type": TYPE_PREFIX + slug if slug else "about:blank",

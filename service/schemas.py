@@ -108,8 +108,9 @@ def round_point(x: float, y: float) -> tuple[float, float]:
 
 def face_out(face: pipeline.Face, landmark_names: Sequence[str]) -> FaceJSON:
     """A pipeline.Face (numpy arrays) -> the public JSON shape."""
+    x0, y0, x1, y1 = (round(float(v), 2) for v in face.box)
     return FaceJSON(
-        box=tuple(round(float(v), 2) for v in face.box),
+        box=(x0, y0, x1, y1),
         score=round(face.score, 4),
         landmarks=Landmarks(**{name: round_point(*xy) for name, xy in zip(landmark_names, face.landmarks)}),
         breeds=breeds_out(face.breeds),

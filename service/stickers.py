@@ -98,4 +98,4 @@ def render(sticker: Sticker, eye_distance: float) -> Image.Image:
     big = (max(1, round(final[0] * scale)), max(1, round(final[1] * scale)))
     canvas = Image.new("RGBA", big, (0, 0, 0, 0))
     art.paint(Pen(canvas, big[0] / art.width))
-    return canvas.resize(final, Image.LANCZOS) if big != final else canvas
+    return canvas.resize(final, Image.Resampling.LANCZOS) if big != final else canvas

@@ -85,7 +85,8 @@ class Upload:
         hard_deadline = started + limits.timeout_s
 
         def deadline() -> float:  # the slowest acceptable arrival of the next byte
-            by_rate = started + limits.grace_s + (self.received + 1) / limits.min_rate if limits.min_rate else hard_deadline
+            by_rate = (started + limits.grace_s + (self.received + 1) / limits.min_rate if limits.min_rate
+                       else hard_deadline)
             return min(hard_deadline, by_rate)
 
         try:
@@ -146,12 +147,12 @@ async def _from_multipart(request: Request, upload: Upload) -> bytes:
     except MultiPartException as exc:
         raise Problem(400, "bad-multipart", f"the multipart body cannot be parsed: {exc.message}") from None
     try:
-        upload = form.get(FIELD)
-        if upload is None:
+        part = form.get(FIELD)
+        if part is None:
             fields = ", ".join(repr(k) for k in form.keys()) or "none"
             raise Problem(422, "missing-image-field", f"the multipart body has no field {FIELD!r} (fields: {fields})")
-        if isinstance(upload, str):
+        if isinstance(part, str):
             raise Problem(422, "image-field-not-a-file", f"the field {FIELD!r} must be a file upload")
-        return await upload.read()
+        return await part.read()
     finally:
         await form.close()

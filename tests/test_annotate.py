@@ -134,7 +134,8 @@ def test_hat_sits_above_the_eyes_toward_the_ears(live):
     assert abs(np.dot(lift, eye_line)) < 0.02 * np.linalg.norm(lift), "perpendicular to the eye line"
     ears = np.array([face["landmarks"][n] for n in face["landmarks"] if "ear" in n]).mean(axis=0)
     assert np.dot(lift, ears - np.array(face["landmarks"]["mouth"])) > 0, "on the side of the ears"
-    assert np.linalg.norm(lift) == pytest.approx(stickers.ART[Sticker.hat].lift * np.linalg.norm(right - left), rel=0.01)
+    expected = stickers.ART[Sticker.hat].lift * np.linalg.norm(right - left)
+    assert np.linalg.norm(lift) == pytest.approx(expected, rel=0.01)
 
 
 @pytest.mark.parametrize("name", DOGS)

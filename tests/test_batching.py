@@ -22,8 +22,8 @@ def tiny_session() -> ort.InferenceSession:
     z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 2])
     two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
     one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
-    graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["y"]), helper.make_node("Add", ["x", "one"], ["z"])],
-                              "tiny", [x], [y, z], initializer=[two, one])
+    nodes = [helper.make_node("Mul", ["x", "two"], ["y"]), helper.make_node("Add", ["x", "one"], ["z"])]
+    graph = helper.make_graph(nodes, "tiny", [x], [y, z], initializer=[two, one])
     # IR version pinned: the onnx package may be newer than what onnxruntime reads.
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     options = ort.SessionOptions()

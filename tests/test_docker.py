@@ -81,7 +81,8 @@ def test_image_takes_runtime_dependencies_only():
     assert not [d for d in deps if re.match(r"(torch|onnx\b|coremltools|opencv|pytest)", d)]
     ignored = (REPO / ".dockerignore").read_text().split()
     # the build context: the pinned runtime lock (checked in tests/test_lock.py), the service, the models
-    assert ignored[ignored.index("*") + 1:][:4] == ["!docker/requirements.lock", "!service/", "!models/", "!docker/entrypoint.py"]
+    assert ignored[ignored.index("*") + 1:][:4] == ["!docker/requirements.lock", "!service/", "!models/",
+                                                    "!docker/entrypoint.py"]
 
 
 # ---- Kubernetes and compose --------------------------------------------------------------------

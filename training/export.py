@@ -83,7 +83,8 @@ def detector_entry(size: int, grid: int) -> dict:
                     "centre": f"((col + 0.5) / {grid}, (row + 0.5) / {grid})",
                     "decoding": "box = centre -/+ exp(ltrb) * stride / input, done inside the graph"},
         "postprocess": {"score_threshold": SCORE_THRESHOLD, "iou_threshold": IOU_THRESHOLD, "max_faces": MAX_FACES,
-                        "method": "greedy NMS over boxes with score >= threshold; multiply by the photo's width/height"},
+                        "method": "greedy NMS over boxes with score >= threshold; "
+                                  "multiply by the photo's width/height"},
         "box_convention": "the tight box around the 9 Crawford landmarks (ears included), clamped to the image",
         "labels": ["cat"],
     }
@@ -93,8 +94,9 @@ def landmarks_entry(size: int) -> dict:
     return {
         "name": "catlandmarks", "format": "onnx", "version": VERSIONS["catlandmarks"], "task": "9 cat face landmarks",
         "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],
-                    "crop": {"scale": LANDMARK_CROP_SCALE, "rule": f"a square of side {LANDMARK_CROP_SCALE} x the longer side of the face box, "
-                             f"centred on the box, resized to {size}x{size}; outside the photo is black"}}],
+                    "crop": {"scale": LANDMARK_CROP_SCALE,
+                             "rule": f"a square of side {LANDMARK_CROP_SCALE} x the longer side of the face box, "
+                                     f"centred on the box, resized to {size}x{size}; outside the photo is black"}}],
         "outputs": [{"name": "landmarks", "shape": ["batch", 18],
                      "meaning": "x0, y0, ..., x8, y8 normalised to the crop (0..1), in landmark_names order"}],
         "landmark_names": data.LANDMARK_NAMES,
@@ -108,7 +110,8 @@ def breeds_entry(size: int) -> dict:
                     "resize": f"the photo (or a face crop) stretched to {size}x{size}",
                     "crop": {"scale": BREED_CROP_SCALE,
                              "rule": f"a face's view: a square of side {BREED_CROP_SCALE} x the longer side of the "
-                                     f"face box, centred on the box, resized to {size}x{size}; outside the photo is black"}}],
+                                     f"face box, centred on the box, resized to {size}x{size}; "
+                                     "outside the photo is black"}}],
         "outputs": [{"name": "probabilities", "shape": ["batch", len(data.BREEDS)], "meaning": "softmax over labels"},
                     {"name": "cat", "shape": ["batch", 1],
                      "meaning": "probability that the view shows a cat at all (dog photos were the negatives)"}],

@@ -132,7 +132,8 @@ def assign(boxes: np.ndarray, ignore: np.ndarray, grid: int, stride: int):
         w, h = x1 - x0, y1 - y0
         mx, my = (x0 + x1) / 2, (y0 + y1) / 2
         inside = (cx > x0) & (cx < x1) & (cy > y0) & (cy < y1)
-        central = inside & (np.abs(cx - mx) <= max(0.25 * w, 0.75 * stride)) & (np.abs(cy - my) <= max(0.25 * h, 0.75 * stride))
+        central = (inside & (np.abs(cx - mx) <= max(0.25 * w, 0.75 * stride))
+                   & (np.abs(cy - my) <= max(0.25 * h, 0.75 * stride)))
         nearest = np.argmin((cx - mx) ** 2 + (cy - my) ** 2)
         central[nearest] = True
         weight[inside & ~central] = 0.0  # ambiguous: neither face nor background

@@ -72,7 +72,8 @@ def main(argv=None):
 
     photos = data.crawford(args.data / "crawford")
     train = [(Image.open(p.path).convert("RGB"), p.landmarks[0]) for p in photos if p.split == "train"][: args.limit]
-    val = [exact_crop(Image.open(p.path).convert("RGB"), p.landmarks[0]) for p in photos if p.split == "val"][: args.limit]
+    val = [exact_crop(Image.open(p.path).convert("RGB"), p.landmarks[0])
+           for p in photos if p.split == "val"][: args.limit]
     val_x = torch.from_numpy(np.stack([v[0] for v in val]))
     val_y = np.stack([v[1] for v in val])
     print(f"train: {len(train)} faces, val: {len(val)} faces", flush=True)
