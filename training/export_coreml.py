@@ -31,7 +31,15 @@ from service.contract import BREED_CROP_SCALE
 
 from . import coreml_check as check
 from . import data
-from .export import VERSIONS, breeds_entry, detector_entry, file_facts, landmarks_entry, load_checkpoint, update_manifest
+from .export import (
+    VERSIONS,
+    breeds_entry,
+    detector_entry,
+    file_facts,
+    landmarks_entry,
+    load_checkpoint,
+    update_manifest,
+)
 from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker
 from .train_detector import IOU_THRESHOLD, SCORE_THRESHOLD
 

@@ -183,7 +183,8 @@ def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_item
         t0 = time.time()
         for m in head + body:
             m.train()
-        photos = list(breed_items) + list(rng.choice(catness_items, min(CATNESS_PER_EPOCH, len(catness_items)), replace=False))
+        drawn = rng.choice(catness_items, min(CATNESS_PER_EPOCH, len(catness_items)), replace=False)
+        photos = list(breed_items) + list(drawn)
         rng.shuffle(photos)
         chosen = torch.tensor([view_lists[i][rng.integers(len(view_lists[i]))] for i in photos])
         losses = []
@@ -245,7 +246,8 @@ def main(argv=None):
     if args.no_extra:
         extra = []
     lim = slice(None, args.limit)
-    train, extra, val, crawford_cats, dogs, val_dogs = train[lim], extra[lim], val[lim], crawford_cats[lim], dogs[lim], val_dogs[lim]
+    train, extra, val = train[lim], extra[lim], val[lim]
+    crawford_cats, dogs, val_dogs = crawford_cats[lim], dogs[lim], val_dogs[lim]
     print(f"train: {len(train)} Oxford + {len(extra)} extra breed photos, {len(crawford_cats)} Crawford cats, "
           f"{len(dogs)} dogs; val: {len(val)} Oxford cats, {len(val_dogs)} dogs", flush=True)
 
@@ -258,13 +260,15 @@ def main(argv=None):
         t0 = time.time()
         boxes = face_boxes([p for p, _ in breed_photos])
         train_boxes, val_boxes = boxes[: len(train) + len(extra)], boxes[len(train) + len(extra) :]
-        photos = ([(p, box, training_views(box, i >= len(train))) for i, ((p, _), box) in enumerate(zip(train + extra, train_boxes))]
+        photos = ([(p, box, training_views(box, noisy=i >= len(train)))
+                   for i, ((p, _), box) in enumerate(zip(train + extra, train_boxes))]
                   + [(p, None, CATNESS_VIEWS) for p in crawford_cats + dogs])
         feats, owners = cache_features(model.backbone, photos, rng)
         val_faces = [i for i, box in enumerate(val_boxes) if box is not None]
         c = {"feats": feats, "owners": owners, "val_face_rows": val_faces,
              "val_full": cache_features(model.backbone, [(p, None, ["full"]) for p, _ in val], rng)[0],
-             "val_face": cache_features(model.backbone, [(val[i][0], val_boxes[i], ["face"]) for i in val_faces], rng)[0],
+             "val_face": cache_features(model.backbone, [(val[i][0], val_boxes[i], ["face"]) for i in val_faces],
+                                        rng)[0],
              "val_dogs": cache_features(model.backbone, [(p, None, ["full"]) for p in val_dogs], rng)[0]}
         torch.save(c, cache)
         print(f"cached features in {time.time() - t0:.0f}s", flush=True)
@@ -311,7 +315,8 @@ def main(argv=None):
                         for i in np.nonzero(contradicted)[0]))
             del judge
         kept = np.nonzero(weights[: n_train + n_extra].numpy() > 0)[0]
-        fit(model, c["feats"], c["owners"], labels, weights, is_cat, kept, catness_items, args.epochs, rng, log, val_report)
+        fit(model, c["feats"], c["owners"], labels, weights, is_cat, kept, catness_items, args.epochs, rng, log,
+            val_report)
     finally:
         log.close()
     torch.save({"model": model.state_dict(), "input": INPUT, "backbone": args.backbone}, args.out / "checkpoint.pt")
