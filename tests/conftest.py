@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.harness import DATA, REPO, Server, metric, parse_metrics
+from benchmarks.harness import DATA, REPO, Server, free_port, metric, parse_metrics  # noqa: F401  (free_port: for tests)
 from service.app import create_app
 from service.config import Settings
 from service.pipeline import load
