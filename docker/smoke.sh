@@ -25,7 +25,7 @@ GRACE=30                              # = compose stop_grace_period; k8s allows 
 DRAIN=3                               # CATFACE_DRAIN_S in the test: /readyz must say 503 meanwhile
 DOCKER=/usr/bin/docker                # docker.io's client has BuildKit; /usr/local/bin/docker lacks buildx
 # The memory limit we ship (compose's mem_limit; docker/k8s says the same, checked by validate.sh).
-MEMORY=$(sed -n 's/^ *mem_limit: *//p' "$REPO/docker/compose.yaml")
+MEMORY=$(sed -n 's/^ *mem_limit: *\([^ #]*\).*/\1/p' "$REPO/docker/compose.yaml")
 TMPFS=$(sed -n 's/^ *- \/tmp:\(.*\)$/\1/p' "$REPO/docker/compose.yaml")
 started=$(date +%s)
 dockerd_pid=""

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import attacks
 
-MEMORY_LIMIT_MB = 1024  # the container limit in docker/compose.yaml and docker/k8s
+MEMORY_LIMIT_MB = 768  # the container limit in docker/compose.yaml and docker/k8s
 
 
 @pytest.fixture(scope="module")
