@@ -7,6 +7,8 @@ whole photo, size and per-image time at batch 1 and 8 for each, in one run.
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import statistics
 import sys
 import tempfile
@@ -23,9 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from training.train_breeds import datasets  # noqa: E402
 
+SIDE = json.loads((ROOT / "models" / "manifest.json").read_text())
+SIDE = next(m for m in SIDE["models"] if m["name"] == "catbreeds" and m["format"] == "onnx")["inputs"][0]["shape"][2]
+
 
 def pixels(path) -> np.ndarray:
-    image = Image.open(path).convert("RGB").resize((224, 224), Image.BILINEAR)
+    image = Image.open(path).convert("RGB").resize((SIDE, SIDE), Image.Resampling.BILINEAR)
     return np.asarray(image, np.float32).transpose(2, 0, 1)[None]
 
 
@@ -54,6 +59,7 @@ def main():
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     print(f"{'model':<22}{'MB':>7}{'top-1':>8}{'b1 ms':>9}{'b8 ms/img':>11}")
+    rows = []
     for name, path in [("fp32 (shipped)", ROOT / "models" / "catbreeds.onnx"),
                        ("int8 static QDQ", work / "static.onnx"),
                        ("int8 dynamic", work / "dynamic.onnx")]:
@@ -68,8 +74,15 @@ def main():
             t0 = time.perf_counter()
             session.run(None, {"image": eight})
             t8.append((time.perf_counter() - t0) / 8)
-        print(f"{name:<22}{path.stat().st_size / 1e6:>7.2f}{top1:>8.3f}{statistics.median(t1) * 1e3:>9.2f}"
-              f"{statistics.median(t8) * 1e3:>11.2f}")
+        row = {"model": name, "mb": round(path.stat().st_size / 1e6, 2), "whole_photo_top1": round(float(top1), 3),
+               "batch1_ms": round(statistics.median(t1) * 1e3, 2),
+               "batch8_ms_per_image": round(statistics.median(t8) * 1e3, 2)}
+        rows.append(row)
+        print(f"{name:<22}{row['mb']:>7.2f}{top1:>8.3f}{row['batch1_ms']:>9.2f}{row['batch8_ms_per_image']:>11.2f}")
+    out = ROOT / "benchmarks" / "results" / f"int8-breeds-{datetime.date.today().isoformat()}.json"
+    out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "threads": args.threads, "rows": rows},
+                              indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ Prints medians (this machine is noisy: compare ratios from one run, not across r
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
+import json
 import statistics
 import sys
 import time
@@ -45,6 +47,7 @@ def main():
     photos = [Image.open(p).convert("RGB").resize((640, 480), Image.BILINEAR) for p in paths]
 
     print(f"{'model':<14}{'input':>10}{'MB':>8}{'batch 1 ms/img':>16}{'batch 8 ms/img':>16}")
+    rows = []
     for name, model in catface.models.items():
         h, w = model.input_size
         one = np.random.default_rng(0).uniform(0, 255, (1, 3, h, w)).astype(np.float32)
@@ -53,6 +56,8 @@ def main():
         b8 = median_ms(lambda model=model, eight=eight: model.run(eight), args.repeats) / 8
         size = (args.models / model.entry["file"]).stat().st_size / 1e6
         print(f"{name:<14}{f'{w}x{h}':>10}{size:>8.2f}{b1:>16.2f}{b8:>16.2f}")
+        rows.append({"model": name, "input": f"{w}x{h}", "mb": round(size, 2), "batch1_ms": round(b1, 2),
+                     "batch8_ms_per_image": round(b8, 2)})
 
     cascade = haar_cascade()
     arrays = [np.asarray(p) for p in photos]
@@ -65,6 +70,13 @@ def main():
           f"  ({haar / ours_one:.1f}x faster than Haar)")
     print(f"  catface + catlandmarks, batch of 8          {ours_faces:8.2f} ms"
           f"  ({haar / ours_faces:.1f}x faster than Haar)")
+
+    report = {"date": datetime.date.today().isoformat(), "threads": args.threads, "models": rows,
+              "per_640x480_photo_ms": {"haar": round(haar, 2), "detector_landmarks_one": round(ours_one, 2),
+                                      "detector_landmarks_batch8": round(ours_faces, 2)}}
+    out = Path(__file__).resolve().parent / "results" / f"models-{report['date']}.json"
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

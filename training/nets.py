@@ -175,12 +175,16 @@ class CatFaceDetector(nn.Module):
         ltrb = self.ltrb(x).permute(0, 2, 3, 1).reshape(n, -1, 4)
         return logits, ltrb
 
-    def forward(self, pixels):
-        logits, ltrb = self.raw(pixels)
+    def decode(self, ltrb):
+        """Raw ltrb (log distances in strides) -> boxes x_min, y_min, x_max, y_max normalised to
+        the input: the one decoding, used by the exported graph and by the training loss."""
         dist = torch.exp(ltrb.clamp(max=6.0)) * (self.STRIDE / self.input_size)
         centre = self.anchors.unsqueeze(0)
-        boxes = torch.cat([centre - dist[..., :2], centre + dist[..., 2:]], -1)
-        return torch.sigmoid(logits), boxes
+        return torch.cat([centre - dist[..., :2], centre + dist[..., 2:]], -1)
+
+    def forward(self, pixels):
+        logits, ltrb = self.raw(pixels)
+        return torch.sigmoid(logits), self.decode(ltrb)
 
 
 class CatLandmarker(nn.Module):

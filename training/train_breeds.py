@@ -19,7 +19,6 @@ near-duplicate cluster; dogs and Crawford cats as the detector splits them.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -33,7 +32,7 @@ from PIL import Image, ImageEnhance
 from service import geometry
 from service.contract import BREED_CROP_SCALE
 
-from . import data
+from . import data, loop
 from .nets import CatBreedClassifier, pretrained_backbone
 
 # ---- config -------------------------------------------------------------------------------
@@ -159,7 +158,7 @@ def breed_metrics(pred: np.ndarray, labels: np.ndarray) -> dict:
     return {"top1": float((pred == labels).mean()), "macro_f1": float(np.mean(f1s)), "min_recall": float(min(recalls))}
 
 
-def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_items, epochs, rng, log, val=None):
+def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_items, epochs, rng, log, lr, val=None):
     """Fine-tune the tail: each epoch one random view of every breed photo and a sample of the
     catness photos. labels -1 = no breed label (Crawford cats, dogs)."""
     for p in model.parameters():
@@ -169,16 +168,16 @@ def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_item
     for m in head + body:
         for p in m.parameters():
             p.requires_grad_(True)
-    optimiser = torch.optim.AdamW([{"params": [p for m in head for p in m.parameters()], "lr": LR},
-                                   {"params": [p for m in body for p in m.parameters()], "lr": LR / 4}],
+    optimiser = torch.optim.AdamW([{"params": [p for m in head for p in m.parameters()], "lr": lr},
+                                   {"params": [p for m in body for p in m.parameters()], "lr": lr / 4}],
                                   weight_decay=1e-2)
-    base_lrs = [g["lr"] for g in optimiser.param_groups]
     view_lists: dict[int, list[int]] = {}
     for v, o in enumerate(owners.tolist()):
         view_lists.setdefault(o, []).append(v)
     per_epoch = len(breed_items) + min(CATNESS_PER_EPOCH, len(catness_items))
     steps = math.ceil(per_epoch / BATCH)
-    total, step = epochs * steps, 0
+    schedule = loop.WarmupCosine(optimiser, epochs * steps, warmup_steps=steps)  # one epoch of warm-up
+    step = 0
     for epoch in range(epochs):
         t0 = time.time()
         for m in head + body:
@@ -189,9 +188,7 @@ def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_item
         chosen = torch.tensor([view_lists[i][rng.integers(len(view_lists[i]))] for i in photos])
         losses = []
         for b in range(steps):
-            warm = min(1.0, (step + 1) / steps)  # one epoch of warm-up, then cosine
-            for g, lr in zip(optimiser.param_groups, base_lrs):
-                g["lr"] = lr * warm * 0.5 * (1 + math.cos(math.pi * step / total))
+            schedule.set(step)
             idx = chosen[b * BATCH : (b + 1) * BATCH]
             photo = owners[idx]
             breed_logits, cat_logit = tail(model, feats[idx].float())
@@ -208,10 +205,10 @@ def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_item
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
         if val is not None:  # logged to watch training, never used to pick an epoch or a rule
             record.update(val())
-        print(json.dumps(record), flush=True)
         if log is not None:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log.write(record)
+        else:
+            print(json.dumps(record), flush=True)
 
 
 @torch.no_grad()
@@ -223,22 +220,13 @@ def predict(model, feats) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--out", type=Path, default=Path("runs/breeds"))
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser = loop.arguments(__doc__, out="runs/breeds", epochs=EPOCHS)
     parser.add_argument("--clean-epochs", type=int, default=CLEAN_EPOCHS)
-    parser.add_argument("--limit", type=int, default=None, help="use only N photos per set (smoke runs)")
     parser.add_argument("--no-extra", action="store_true", help="Oxford photos only")
     parser.add_argument("--backbone", default=BACKBONE, choices=["lite0", "lite2"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
+    rng = loop.start(args)
+    lr = LR * args.lr_scale
 
     train, extra, val = datasets(args.data)
     crawford_cats, dogs = catness_sources(args.data, "train")
@@ -251,7 +239,7 @@ def main(argv=None):
     print(f"train: {len(train)} Oxford + {len(extra)} extra breed photos, {len(crawford_cats)} Crawford cats, "
           f"{len(dogs)} dogs; val: {len(val)} Oxford cats, {len(val_dogs)} dogs", flush=True)
 
-    model = CatBreedClassifier(pretrained_backbone(args.backbone)).eval()
+    model = loop.initialised(CatBreedClassifier(pretrained_backbone(args.backbone)), args.init).eval()
     breed_photos = train + extra + val
     cache = args.out / f"features-{args.backbone}-{len(train)}-{len(extra)}-{len(val)}-{len(dogs)}.pt"
     if cache.exists():
@@ -295,30 +283,25 @@ def main(argv=None):
                 "val_both_top1": breed_metrics(((face + whole) / 2).argmax(1), val_labels)["top1"],
                 "val_cat_rate": float((cat_whole >= 0.5).mean()), "val_dog_cat_rate": float((cat_dogs >= 0.5).mean())}
 
-    log = open(args.out / "log.jsonl", "a")
-    try:
+    with loop.JsonLog(args.out / "log.jsonl") as log:
         if n_extra and args.clean_epochs:
             print("cleaning the extra photos with an Oxford-only model", flush=True)
             judge = CatBreedClassifier(pretrained_backbone(args.backbone))
             fit(judge, c["feats"], c["owners"], labels, weights, is_cat, np.arange(n_train), catness_items,
-                args.clean_epochs, rng, None)
+                args.clean_epochs, rng, None, lr)
             probs, _ = predict(judge, c["feats"][[first_view[i] for i in range(n_train, n_train + n_extra)]])
             extra_labels = labels[n_train : n_train + n_extra].numpy()
             contradicted = (probs.argmax(1) != extra_labels) & (probs.max(1) >= CONTRADICTED)
             weights[n_train : n_train + n_extra][torch.from_numpy(contradicted)] = 0.0
             dropped = {data.BREEDS[b]: int(((extra_labels == b) & contradicted).sum()) for b in range(len(data.BREEDS))}
-            record = {"cleaning": {"extra": n_extra, "dropped": int(contradicted.sum()), "per_breed": dropped}}
-            print(json.dumps(record), flush=True)
-            log.write(json.dumps(record) + "\n")
+            log.write({"cleaning": {"extra": n_extra, "dropped": int(contradicted.sum()), "per_breed": dropped}})
             (args.out / "dropped_extra.txt").write_text(
                 "".join(f"{extra[i][0]}\t{data.BREEDS[extra_labels[i]]}\t{data.BREEDS[probs[i].argmax()]}\t{probs[i].max():.2f}\n"
                         for i in np.nonzero(contradicted)[0]))
             del judge
         kept = np.nonzero(weights[: n_train + n_extra].numpy() > 0)[0]
         fit(model, c["feats"], c["owners"], labels, weights, is_cat, kept, catness_items, args.epochs, rng, log,
-            val_report)
-    finally:
-        log.close()
+            lr, val_report)
     torch.save({"model": model.state_dict(), "input": INPUT, "backbone": args.backbone}, args.out / "checkpoint.pt")
     return model
 

@@ -179,11 +179,7 @@ def detector_loss(model, images, targets, weights, gts):
     p_t = p * labels + (1 - p) * (1 - labels)
     alpha = 0.25 * labels + 0.75 * (1 - labels)
     focal = (alpha * (1 - p_t) ** 2 * ce * weights).sum() / positive.sum().clamp(min=1)
-    # The decoding of CatFaceDetector.forward, on the same raw outputs (to become one method of
-    # the detector in nets.py, so that neither copy can drift).
-    dist = torch.exp(ltrb.clamp(max=6.0)) * (model.STRIDE / model.input_size)
-    centre = model.anchors.unsqueeze(0).expand_as(dist[..., :2])
-    boxes = torch.cat([centre - dist[..., :2], centre + dist[..., 2:]], -1)
+    boxes = model.decode(ltrb)  # the exported graph's own decoding
     box = giou_loss(boxes[positive], gts[positive]) if positive.any() else logits.sum() * 0
     return focal + 2.0 * box, focal.item(), box.item()
 
