@@ -5,7 +5,8 @@ client sends one cat photo to POST /detect every second. An attack passes when
 
 - every attack request gets a 4xx problem+json (never a 5xx, never a dropped connection), and
   fast: within ATTACK_ANSWER_S of its last byte sent;
-- at least PROBE_SHARE of the honest probes get a 200 within the request deadline;
+- at least PROBE_SHARE of the honest probes get a 200 within the request deadline (not asked of
+  the honest burst: past max_inflight a probe's 503 is the fair answer there);
 - the server's peak RSS (VmHWM) stays under --memory-limit-mb.
 
 Attacks (each reproduces a finding of issue 14):
@@ -199,7 +200,7 @@ async def _run_attack(server: Server, name: str, seconds: float, photos: list[by
         elif refused and r["seconds"] > ATTACK_ANSWER_S:
             problems.append(f"attack refused after {r['seconds']:.1f} s")
     share = len(ok_probes) / max(len(probe_results), 1)
-    if share < PROBE_SHARE:
+    if share < PROBE_SHARE and refused:  # (a burst of honest requests may fairly fill max_inflight: 503)
         problems.append(f"only {len(ok_probes)} of {len(probe_results)} honest probes answered 200 in time")
     slowest = max((r["seconds"] for r in results), default=0.0)
     return {"attack": name, "requests": len(results), "statuses": statuses, "slowest_answer_s": round(slowest, 2),

@@ -23,12 +23,13 @@ class Settings:
     max_batch_size: int = 4         # rows per onnxruntime call; 1 = batching off. benchmarks/memory.py: 16 held
                                     # 1.08 GB idle (the arena keeps the batch-16 warm-up) for 1.06x the photos/s
     max_wait_ms: float = 2.0        # longest wait for more rows, counted from the oldest queued item
-    queue_size: int = 32            # queued requests per model before answering 503
+    queue_size: int = 16            # queued requests per model before answering 503
     # Admission: bodies are read and decoded before they reach a queue, so bound them too.
     # Concurrent /detect + /breeds requests before answering 503. At most queue_size: beyond it the
     # surplus was uploaded and decoded only to find the detector's queue full (slow 503s, wasted CPU,
-    # and RSS that stayed up after a 4x overload).
-    max_inflight: int = 32
+    # and RSS that stayed up after a 4x overload). 16, not 32, since catbreeds 2.0.0 made a photo
+    # ~1.4x dearer: 32 admitted photos took 3.5 s to drain after an overload (tests/test_load.py).
+    max_inflight: int = 16
     # Uploads are read before admission (a slow client holds no in-flight slot), so they are
     # bounded on their own: bytes each, bytes all together, and time.
     max_body_bytes: int = 20 * 1024 * 1024

@@ -15,7 +15,7 @@ MEMORY_LIMIT_MB = 768  # the container limit in docker/compose.yaml and docker/k
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("attacks") / "server.log"
-    return attacks.run(attacks.ATTACKS, seconds=6, memory_limit_mb=MEMORY_LIMIT_MB,
+    return attacks.run(attacks.ATTACKS, seconds=10, memory_limit_mb=MEMORY_LIMIT_MB,
                        env={"CATFACE_THREADS": "1"}, log_path=log_path)
 
 

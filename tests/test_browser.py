@@ -55,7 +55,8 @@ def test_page_shows_the_annotated_photo_the_breeds_and_the_model_links(base, tmp
             # The download links are the manifest's, whichever files it holds.
             page.wait_for_selector("#onnx a")
             shown = page.eval_on_selector_all("#coreml a, #onnx a", "links => links.map(a => a.href)")
-            assert sorted(shown) == sorted(m["url"] for m in models if m["format"] in ("coreml", "onnx"))
+            # (the listing's URLs are paths on the service: the page resolves them against itself)
+            assert sorted(shown) == sorted(base + m["url"] for m in models if m["format"] in ("coreml", "onnx"))
 
             page.check('input[name="sticker"][value="glasses"]')
             page.set_input_files("#file", str(data_file(SHOWN)))
