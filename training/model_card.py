@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from service.contract import BREED_CROP_SCALE
+from service.contract import BREED_CROP_SCALE, DETECTOR_TRAIN_INPUT
 
 from . import data
 
@@ -147,7 +147,9 @@ def write_card(results: dict, models_dir: Path) -> None:
         "ONNX inputs are raw RGB pixels 0..255, NCHW float32, any batch size; CoreML inputs are RGB images.",
         "The normalisation is inside every model.",
         "**Box convention**: the tight box around the 9 Crawford landmarks (ear tips and bases included),",
-        "clamped to the image. Landmark crops: a square of 1.4 x the box's longer side, centred on the box.",
+        "clamped to the image. Landmark crops: a square of "
+        f"{onnx_entry(manifest, 'catlandmarks')['inputs'][0]['crop']['scale']:g} x the box's longer side, "
+        "centred on the box.",
         "",
         f"## Detection (catface) on {v['cat_photos']} validation cat photos and {v['dog_photos']} dog photos",
         "",
@@ -186,7 +188,7 @@ def write_card(results: dict, models_dir: Path) -> None:
     detector = onnx_entry(manifest, "catface")
     post, side = detector["postprocess"], detector["inputs"][0]["shape"][3]
     lines += [
-        f"catface is trained at 192 px and served at {side} px with score >= "
+        f"catface is trained at {DETECTOR_TRAIN_INPUT} px and served at {side} px with score >= "
         f"{post['score_threshold']} and NMS IoU {post['iou_threshold']} (the manifest's `postprocess`).",
         "Input size and thresholds were chosen on this validation split (for the previous detector, and",
         "kept), so these numbers are slightly optimistic. The same detector under other thresholds:",
