@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default: benchmarks/results/breeds-cost-<date>.json)")
     args = parser.parse_args(argv)
 
     detector = session(args.detector, args.threads)
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
               "bytes": {"baseline": args.baseline.stat().st_size, "candidate": args.candidate.stat().st_size},
               "ms_per_photo_median": {k: round(v, 2) for k, v in medians.items()},
               "ratio": round(medians["candidate"] / medians["baseline"], 3)}
-    out = REPO / "benchmarks" / "results" / f"breeds-cost-{report['date']}.json"
+    out = args.out or REPO / "benchmarks" / "results" / f"breeds-cost-{report['date']}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["ms_per_photo_median"]), f"ratio {report['ratio']}", f"wrote {out}")
     return 0

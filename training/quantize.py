@@ -3,14 +3,17 @@ training photos fed exactly as the service feeds them (its own stage functions).
 
     python -m training.quantize --data ../shared/data --models models --out runs/int8
 
-Writes <out>/<model>.int8.onnx for catface, catlandmarks and catbreeds. Whether one ships is
-decided by measurement: `python -m training.evaluate --models <a models dir using them>` on the
+Writes <out>/models/: a copy of the models folder whose manifest names <model>.int8.onnx in place
+of the float ONNX file of catface, catlandmarks and catbreeds. Whether one ships is decided by
+measurement: `python -m training.evaluate --models runs/int8/models --out runs/int8` on the
 validation split, against the float numbers (issue 17's bounds: detector recall and false faces
 within 0.5 point, landmark NME within 0.002, breeds top-1 and macro F1 within 0.5 point).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from PIL import Image
 
 from service.pipeline import CatFace, load
 
+from .export import file_facts
 from .train_breeds import datasets as breed_datasets
 from .train_detector import split_sources
 
@@ -35,7 +39,8 @@ class Rows(CalibrationDataReader):
 
 def calibration_rows(catface: CatFace, data_dir: Path, count: int) -> dict[str, list[np.ndarray]]:
     """Model inputs from training photos: Crawford cats and dogs for the detector, the faces the
-    detector finds for the landmarker, photos and face crops of Oxford + extra cats for breeds."""
+    detector finds for the landmarker, photos and face crops of Oxford + extra cats and of dogs
+    for breeds."""
     cats, dogs = split_sources(data_dir, "train")
     detector_photos = [c.path for c in cats[:: max(1, len(cats) // count)]] + dogs[:: max(1, len(dogs) // (count // 4))]
     train, extra, _ = breed_datasets(data_dir)
@@ -46,7 +51,9 @@ def calibration_rows(catface: CatFace, data_dir: Path, count: int) -> dict[str, 
         rows["catface"].append(catface.detector_input(image))
         for face in catface.detect([image], breeds=False)[0][:1]:
             rows["catlandmarks"].append(catface.landmark_input(image, face)[0])
-    for path in breed_photos:
+    # Dogs too: the classifier's cat output must see the range of its negatives (calibrated on
+    # cats alone, int8 answered `cat` for every validation dog photo).
+    for path in breed_photos + dogs[:: max(1, len(dogs) // (count // 2))]:
         image = Image.open(path).convert("RGB")
         faces = catface.detect([image], breeds=False)[0]
         rows["catbreeds"].extend(catface.breed_inputs(image, faces[:1]))
@@ -56,7 +63,7 @@ def calibration_rows(catface: CatFace, data_dir: Path, count: int) -> dict[str, 
 def quantize(source: Path, target: Path, rows: list[np.ndarray]) -> None:
     with tempfile.TemporaryDirectory() as work:
         prepared = Path(work) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared))
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # ONNX shape inference suffices
         quantize_static(str(prepared), str(target), Rows(rows), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
 
@@ -72,12 +79,20 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     catface = load(args.models)
     rows = calibration_rows(catface, args.data, args.photos)
+    # A models folder like the shipped one with the int8 files in place of the float ones, for
+    # `python -m training.evaluate --models <out>/models --out <out>` and the benchmarks.
+    swapped = args.out / "models"
+    shutil.copytree(args.models, swapped, dirs_exist_ok=True)
+    manifest = json.loads((swapped / "manifest.json").read_text())
     for name in args.only:
         source = args.models / catface.models[name].entry["file"]
-        target = args.out / f"{name}.int8.onnx"
+        target = swapped / f"{name}.int8.onnx"
         quantize(source, target, rows[name])
+        entry = next(m for m in manifest["models"] if m["name"] == name and m["format"] == "onnx")
+        entry.update(file_facts(target), precision="int8")
         print(f"{target}: {target.stat().st_size / 1e6:.2f} MB from {len(rows[name])} calibration rows "
               f"({source.stat().st_size / 1e6:.2f} MB float)", flush=True)
+    (swapped / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 if __name__ == "__main__":
