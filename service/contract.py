@@ -25,8 +25,12 @@ LANDMARK_CROP_SCALE = 1.4
 LANDMARK_INPUT = 192
 
 # catbreeds: a face is classified from a square of BREED_CROP_SCALE x the box's longer side
-# (the head and a little of the body around it), beside the whole photo.
+# (the head and a little of the body around it), beside the whole photo; every view is stretched
+# to BREED_INPUT x BREED_INPUT (Lite2's 260 px rounded to a multiple of 32: static "same" padding).
+# Breeds are reported from BREED_REPORT_THRESHOLD up.
 BREED_CROP_SCALE = 2.0
+BREED_INPUT = 256
+BREED_REPORT_THRESHOLD = 0.05
 
 # The classifier's cat output: a photo is a cat when it is at least this for the photo or for a
 # detected face's crop. Even odds, set before any validation (never tuned on the split we report).

@@ -49,6 +49,8 @@ def test_landmark_entries_carry_the_contract(entry):
 def test_breed_entries_agree_with_the_contract_where_they_carry_the_crop(entry):
     crop = entry["inputs"][0].get("crop") or entry.get("crop")
     assert crop["scale"] == contract.BREED_CROP_SCALE
+    assert input_side(entry) == (contract.BREED_INPUT, contract.BREED_INPUT)
+    assert entry["report_threshold"] == contract.BREED_REPORT_THRESHOLD
     if entry["format"] == "onnx":  # the cat output is the ONNX file's only
         assert entry["cat_threshold"] == contract.CAT_THRESHOLD
 

@@ -18,6 +18,7 @@ import torch
 
 from service.contract import (
     BREED_CROP_SCALE,
+    BREED_REPORT_THRESHOLD,
     CAT_THRESHOLD,
     DETECTOR_INPUT,
     IOU_THRESHOLD,
@@ -116,7 +117,7 @@ def breeds_entry(size: int) -> dict:
                     {"name": "cat", "shape": ["batch", 1],
                      "meaning": "probability that the view shows a cat at all (dog photos were the negatives)"}],
         "labels": data.BREEDS,
-        "report_threshold": 0.05,
+        "report_threshold": BREED_REPORT_THRESHOLD,
         "cat_threshold": CAT_THRESHOLD,
         "product_rule": "one face found: its crop and the whole photo averaged; otherwise the whole photo. "
                         "The photo shows a cat when `cat` >= cat_threshold for the photo or a face's crop",

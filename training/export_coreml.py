@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from service.contract import BREED_CROP_SCALE
+from service.contract import BREED_CROP_SCALE, BREED_REPORT_THRESHOLD
 
 from . import coreml_check as check
 from . import data
@@ -244,7 +244,7 @@ def export_breeds(model: CatBreedClassifier, size: int, precision: str):
                  f"stretched to {size}x{size}.",
         d.predictedFeatureName: "The most likely breed.",
         d.predictedProbabilitiesName: "Probability of each of the 12 breeds (they sum to 1); "
-                                      "the server reports breeds from 0.05 up.",
+                                      f"the server reports breeds from {BREED_REPORT_THRESHOLD:g} up.",
     }, preview="imageClassifier")
     return spec
 

@@ -30,14 +30,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageEnhance
 
 from service import geometry
-from service.contract import BREED_CROP_SCALE
+from service.contract import BREED_CROP_SCALE, BREED_INPUT, CAT_THRESHOLD
 
 from . import data, loop
 from .nets import CatBreedClassifier, pretrained_backbone
 
 # ---- config -------------------------------------------------------------------------------
 BACKBONE = "lite2"
-INPUT = 256          # Lite2's 260 px rounded to a multiple of 32 (static "same" padding)
+INPUT = BREED_INPUT
 TAP = 14             # last frozen block (end of the stride-16 stage); its output is cached
 RANDOM_CROPS = 3     # random resized crops per breed photo, beside full/flip/face/face-flip
 EPOCHS = 10
@@ -281,7 +281,8 @@ def main(argv=None):
         return {"val_whole_top1": breed_metrics(whole.argmax(1), val_labels)["top1"],
                 "val_face_or_whole_top1": breed_metrics(face.argmax(1), val_labels)["top1"],
                 "val_both_top1": breed_metrics(((face + whole) / 2).argmax(1), val_labels)["top1"],
-                "val_cat_rate": float((cat_whole >= 0.5).mean()), "val_dog_cat_rate": float((cat_dogs >= 0.5).mean())}
+                "val_cat_rate": float((cat_whole >= CAT_THRESHOLD).mean()),
+                "val_dog_cat_rate": float((cat_dogs >= CAT_THRESHOLD).mean())}
 
     with loop.JsonLog(args.out / "log.jsonl") as log:
         if n_extra and args.clean_epochs:
