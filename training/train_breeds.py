@@ -241,6 +241,8 @@ def main(argv=None):
 
     model = loop.initialised(CatBreedClassifier(pretrained_backbone(args.backbone)), args.init).eval()
     breed_photos = train + extra + val
+    # A run that finds this cache skips the views' random draws, so its later draws (and numbers)
+    # differ from a run from scratch; the shipped model came from a run from scratch.
     cache = args.out / f"features-{args.backbone}-{len(train)}-{len(extra)}-{len(val)}-{len(dogs)}.pt"
     if cache.exists():
         c = torch.load(cache)
