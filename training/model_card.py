@@ -233,6 +233,7 @@ def write_card(results: dict, models_dir: Path) -> None:
                      f"{row['macro_f1']:.3f} | {min(row['recall_per_breed'].values()):.3f} | {row['unanswered']} |")
     cn = results["catness"]
     rule = br["product rule"]["recall_per_breed"]
+    weakest = min(rule, key=rule.get)
     lines += [
         "",
         f"'face crop' = a square of {BREED_CROP_SCALE:g} x the best detected face box (head and a little body), or the "
@@ -262,6 +263,10 @@ def write_card(results: dict, models_dir: Path) -> None:
         "  backs) and close-ups are learned from rotated and zoomed copies only. Strongly turned heads, cats",
         "  far away in the photo (faces under ~25 px at the 256 px input) and drawings are weak spots.",
         "- Breed labels say what a cat looks like, not its pedigree; mixed cats show several breeds >= 5%.",
+        f"- Weakest breed on validation: {weakest} (recall {rule[weakest]:.2f}); see the confusion matrix.",
+        "- No rule or threshold was chosen on this validation split: the product rule is the one the previous",
+        "  classifier shipped with, the cat threshold is even odds set beforehand, and training ran a fixed",
+        "  number of epochs.",
         "- Validation sets are small (see counts), so differences of a point or two are noise.",
     ]
     (models_dir / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
