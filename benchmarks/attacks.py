@@ -206,8 +206,10 @@ async def _run_attack(server: Server, name: str, seconds: float, photos: list[by
     if share < PROBE_SHARE and name in PROBED:
         problems.append(f"only {len(ok_probes)} of {len(probe_results)} honest probes answered 200 in time")
     slowest = max((r["seconds"] for r in results), default=0.0)
+    missed = [f"{p['status']} in {p['seconds']:.1f} s" for p in probe_results if p not in ok_probes]
     return {"attack": name, "requests": len(results), "statuses": statuses, "slowest_answer_s": round(slowest, 2),
-            "probes": len(probe_results), "probes_ok": len(ok_probes), "problems": sorted(set(problems))}
+            "probes": len(probe_results), "probes_ok": len(ok_probes), "probes_missed": missed,
+            "problems": sorted(set(problems))}
 
 
 def run(attacks: list[str], seconds: float = 12, memory_limit_mb: float = 1024, env: dict | None = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -126,7 +127,7 @@ async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Aw
         if analyzer is None or not state.ready:  # (still served while draining: the balancer may lag)
             raise Problem(503, "not-ready", "the models are not loaded yet", headers=retry)
         data = await uploads.read_image(upload)
-        if state.inflight >= settings.max_inflight:
+        if not await _slot_frees(state, settings.max_inflight, settings.admission_wait_ms / 1000):
             raise Problem(503, "overloaded", f"{settings.max_inflight} requests are already in flight", headers=retry)
         state.inflight += 1
         metrics.inflight.inc()
@@ -153,6 +154,17 @@ async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Aw
         raise
     finally:
         upload.release()
+
+
+async def _slot_frees(state: ServiceState, limit: int, wait_s: float) -> bool:
+    """Whether an in-flight slot is free now or within `wait_s`: a burst of cheap requests (16
+    invalid uploads, refused in a few ms each) must not turn an honest one away with a 503."""
+    deadline = time.monotonic() + wait_s
+    while state.inflight >= limit:
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
 
 
 async def _unless_gone(request: Request, work: Awaitable[T], deadline: float, retry: dict) -> T:

@@ -30,6 +30,9 @@ class Settings:
     # and RSS that stayed up after a 4x overload). 16, not 32, since catbreeds 2.0.0 made a photo
     # ~1.4x dearer: 32 admitted photos took 3.5 s to drain after an overload (tests/test_load.py).
     max_inflight: int = 16
+    # A request finding every slot taken waits this long for one before its 503 (bursts of cheap
+    # invalid uploads hold slots for milliseconds; overload refusals stay fast).
+    admission_wait_ms: float = 100.0
     # Uploads are read before admission (a slow client holds no in-flight slot), so they are
     # bounded on their own: bytes each, bytes all together, and time.
     max_body_bytes: int = 20 * 1024 * 1024
@@ -83,8 +86,8 @@ class Settings:
                     "upload_timeout_s", "max_pixels", "max_decode_bytes", "max_jpeg_scan_work", "decode_side",
                     "annotate_max_side", "request_timeout_s", "image_threads", "port"]
         bad = [name for name in positive if getattr(self, name) <= 0]
-        bad += [name for name in ("max_wait_ms", "threads", "drain_s", "retry_after_s", "min_upload_rate",
-                                  "upload_grace_s") if getattr(self, name) < 0]
+        bad += [name for name in ("max_wait_ms", "admission_wait_ms", "threads", "drain_s", "retry_after_s",
+                                  "min_upload_rate", "upload_grace_s") if getattr(self, name) < 0]
         if bad:
             raise ValueError(f"settings out of range: {', '.join(PREFIX + b.upper() for b in bad)}")
         return self
