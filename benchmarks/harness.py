@@ -1,6 +1,6 @@
 """What the bench, overload and soak scripts (and their bounded pytest versions) share: real
 photos, `python -m service` as a subprocess on loopback, its memory, its /metrics, and a small
-HTTP/1.1 load generator.
+HTTP/1.1 load generator. (Over 400 lines: it is the one harness every benchmark and test shares.)
 
 The load generator speaks HTTP over asyncio streams with pre-built request bytes instead of
 using httpx: the client runs on the same 2 cores as the server, and every millisecond of client

@@ -15,6 +15,9 @@ left out), gets exactly one line in input order: the answer, or `"error": {statu
 Files in folders that are not photos by name are counted on stderr, not silently dropped.
 In-process, `--jobs` threads read and decode while this thread runs the models (which use all
 cores themselves); with --url it is the number of requests in flight.
+
+One module over 400 lines on purpose: the command's argument parsing, its two engines (Local
+in-process, Remote over HTTP) and its output are one concept a reader follows top to bottom.
 """
 from __future__ import annotations
 

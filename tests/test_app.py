@@ -1,4 +1,5 @@
-"""The real app on the committed models, over in-process HTTP, with real photos."""
+"""The real app on the committed models, over in-process HTTP, with real photos. (Over 400 lines:
+one test per promise of the public API, in the order of its routes.)"""
 from __future__ import annotations
 
 import asyncio

@@ -1,5 +1,7 @@
 """Prove the Core ML files right on Linux, where Apple's runtime does not exist.
 
+(Long on purpose: one numpy interpreter of the spec's layers, NMS and pipeline, read top to bottom.)
+
     python -m training.coreml_check --models models --data ../shared/data
 
 Three parts:
