@@ -13,7 +13,6 @@ no in-flight slot and these limits alone keep uploads in check):
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -81,33 +80,31 @@ class Upload:
         self.received = 0
 
     async def chunks(self):
-        limits, started = self.limits, time.monotonic()
-        hard_deadline = started + limits.timeout_s
-
-        def deadline() -> float:  # the slowest acceptable arrival of the next byte
-            by_rate = (started + limits.grace_s + (self.received + 1) / limits.min_rate if limits.min_rate
-                       else hard_deadline)
-            return min(hard_deadline, by_rate)
-
-        try:
-            async with asyncio.timeout_at(_loop_time(deadline())) as timeout:
-                async for chunk in self.request.stream():
-                    if self.received + len(chunk) > limits.max_bytes:
-                        raise _too_large(limits.max_bytes)
-                    self.budget.take(len(chunk), self.retry_after_s)
-                    self.received += len(chunk)
-                    timeout.reschedule(_loop_time(deadline()))
-                    yield chunk
-        except TimeoutError:
-            raise Problem(408, "upload-timeout",
-                          f"the upload was too slow: the body must arrive within {limits.timeout_s:g} s, and at "
-                          f"{limits.min_rate / 1024:g} KiB/s or faster after the first {limits.grace_s:g} s",
-                          headers={"Connection": "close"}) from None
-
-
-def _loop_time(monotonic_deadline: float) -> float:
-    """time.monotonic() deadline -> the event loop's clock (the same clock in CPython, but not promised)."""
-    return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())
+        """The body's chunks; the wait for each one is bounded by the limits (408 when too slow)."""
+        limits, loop = self.limits, asyncio.get_running_loop()
+        started = loop.time()
+        stream = aiter(self.request.stream())
+        while True:
+            # The slowest acceptable arrival of the next byte: the whole body within timeout_s, and
+            # after grace_s at least min_rate bytes/s on average.
+            deadline = started + limits.timeout_s
+            if limits.min_rate:
+                deadline = min(deadline, started + limits.grace_s + (self.received + 1) / limits.min_rate)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise Problem(408, "upload-timeout",
+                              f"the upload was too slow: the body must arrive within {limits.timeout_s:g} s, and "
+                              f"at {limits.min_rate / 1024:g} KiB/s or faster after the first {limits.grace_s:g} s",
+                              headers={"Connection": "close"}) from None
+            if self.received + len(chunk) > limits.max_bytes:
+                raise _too_large(limits.max_bytes)
+            self.budget.take(len(chunk), self.retry_after_s)
+            self.received += len(chunk)
+            yield chunk
 
 
 def _too_large(limit: int) -> Problem:
