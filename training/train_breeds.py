@@ -230,7 +230,7 @@ def main(argv=None):
 
     train, extra, val = datasets(args.data)
     crawford_cats, dogs = catness_sources(args.data, "train")
-    val_cats, val_dogs = catness_sources(args.data, "val")
+    _, val_dogs = catness_sources(args.data, "val")  # (validation cats are the Oxford ones)
     if args.no_extra:
         extra = []
     lim = slice(None, args.limit)
