@@ -104,8 +104,7 @@ def timed(step, total: int, seconds: float) -> tuple[float, list[float], int]:
 def in_process_rows(photos, args) -> tuple[list[dict], dict]:
     """The ceiling: the same decode and models in this process, photos in batches of MAX_BATCH."""
     settings = Settings()
-    decode_kw = dict(max_bytes=settings.max_body_bytes, max_pixels=settings.max_pixels,
-                     decode_side=settings.decode_side)
+    decode_kw = settings.decode_limits()  # the service's own intake
     imaging.configure(settings.max_pixels)
     catface = load(REPO / "models", args.threads)
     blobs = [data for _, data in photos]
@@ -167,8 +166,7 @@ def haar_row(photos, args) -> tuple[dict, list[bool]]:
     blobs = [data for _, data in photos]
 
     def step(i: int) -> int:
-        photo = imaging.decode(blobs[i % len(blobs)], max_bytes=settings.max_body_bytes,
-                               max_pixels=settings.max_pixels, decode_side=settings.decode_side)
+        photo = imaging.decode(blobs[i % len(blobs)], **settings.decode_limits())
         haar_faces(cascade, np.asarray(photo.image))
         return 1
 
@@ -176,8 +174,7 @@ def haar_row(photos, args) -> tuple[dict, list[bool]]:
     wall, times, done = timed(step, args.requests, args.seconds)
     found = []
     for data in blobs:
-        photo = imaging.decode(data, max_bytes=settings.max_body_bytes, max_pixels=settings.max_pixels,
-                               decode_side=settings.decode_side)
+        photo = imaging.decode(data, **settings.decode_limits())
         found.append(len(haar_faces(cascade, np.asarray(photo.image))) > 0)
     row = {"setup": "Haar cascade", "endpoint": "detection only", "batching": "-", "concurrency": None,
            "requests": done, "ok": done, "errors": 0, "rps": round(done / wall, 2), **latency_ms_from(times),

@@ -38,8 +38,7 @@ BATCHES = (1, 16)
 
 def ceiling(folder: Path, catface, batch: int) -> float:
     """Photos per second of decode + detect over every file in the folder (read from disk)."""
-    settings = Settings()
-    kw = dict(max_bytes=settings.max_body_bytes, max_pixels=settings.max_pixels, decode_side=settings.decode_side)
+    kw = Settings().decode_limits()  # the service's (and the command line's) own intake
     files = sorted(folder.iterdir())
     start = time.perf_counter()
     for i in range(0, len(files), batch):

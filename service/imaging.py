@@ -139,7 +139,7 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4
             8: Image.Transpose.ROTATE_90}
 
 
-def decode_bytes(image: Image.Image, full_size: tuple[int, int], scans: int) -> int:
+def decode_bytes(image: Image.Image, full_size: tuple[int, int]) -> int:
     """Memory the decoder fills for this (possibly drafted) image, estimated from its header.
     Progressive JPEG keeps every DCT coefficient of the full-size image (2 bytes each) whatever
     the draft; other formats decode whole, and modes that cannot be reduced as they are get
@@ -194,7 +194,7 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 8
     if image.format == "JPEG" and max(width, height) >= 2 * side:
         k = side / max(width, height)
         image.draft(None, (math.ceil(width * k), math.ceil(height * k)))  # libjpeg DCT scaling: >= the asked size
-    needed = decode_bytes(image, (width, height), scans)
+    needed = decode_bytes(image, (width, height))
     if needed > max_decode_bytes:
         raise _too_large(f"decoding the {width}x{height} {image.format} would take {needed >> 20} MiB; "
                          f"the limit is {max_decode_bytes >> 20} MiB")
