@@ -17,6 +17,9 @@ DETECTOR_TRAIN_INPUT = 192
 DETECTOR_INPUT = 256  # served: the whole photo stretched to DETECTOR_INPUT x DETECTOR_INPUT
 SCORE_THRESHOLD = 0.6
 IOU_THRESHOLD = 0.3
+# ...and a box that lies mostly inside a better one (or holds it) is the same face: at least this
+# share of the smaller box inside the other. Set a priori for detector 2.0.0 (no split tuned it).
+CONTAINMENT_THRESHOLD = 0.7
 MAX_FACES = 20  # the best MAX_FACES faces after NMS are kept
 
 # catlandmarks: a square of LANDMARK_CROP_SCALE x the face box's longer side, centred on the

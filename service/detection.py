@@ -1,5 +1,6 @@
 """Post-processing of the catface detector's outputs: score threshold, then non-maximum
-suppression. Shared by the server and by training's evaluation so both count the same faces."""
+suppression with a containment rule. Shared by the server and by training's evaluation so both
+count the same faces."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,21 +16,34 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-12)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
-    """Greedy NMS; returns kept indices, best score first."""
+def overlap_of_smaller(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over the smaller box's area: 1 when one box lies inside the other."""
+    lo = np.maximum(box[:2], boxes[:, :2])
+    hi = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    smaller = np.minimum(np.prod(box[2:] - box[:2]), np.prod(boxes[:, 2:] - boxes[:, :2], axis=1))
+    return inter / np.maximum(smaller, 1e-12)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, containment: float) -> list[int]:
+    """Greedy NMS; returns kept indices, best score first. A box is also dropped when most of it
+    (`containment`) lies inside a better box or the better box inside it: a partial duplicate of
+    one face (an eyes-only box inside a head box) has a low IoU but is still the same face."""
     order = np.argsort(-scores, kind="stable")
     keep = []
     while order.size:
         best = order[0]
         keep.append(int(best))
         rest = order[1:]
-        order = rest[iou(boxes[best], boxes[rest]) <= iou_threshold]
+        overlapping = iou(boxes[best], boxes[rest]) > iou_threshold
+        inside = overlap_of_smaller(boxes[best], boxes[rest]) >= containment
+        order = rest[~(overlapping | inside)]
     return keep
 
 
 def select_faces(scores: np.ndarray, boxes: np.ndarray, score_threshold: float,
-                 iou_threshold: float, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+                 iou_threshold: float, containment: float, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
     """One image's outputs (A,) and (A, 4) -> kept (K, 4) boxes (still normalised) and scores."""
     candidates = np.nonzero(scores >= score_threshold)[0]
-    kept = candidates[nms(boxes[candidates], scores[candidates], iou_threshold)][:max_faces]
+    kept = candidates[nms(boxes[candidates], scores[candidates], iou_threshold, containment)][:max_faces]
     return np.clip(boxes[kept], 0.0, 1.0), scores[kept]

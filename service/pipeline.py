@@ -46,6 +46,7 @@ class CatFace:
         self.detector, self.landmarker, self.classifier = models["catface"], models["catlandmarks"], models["catbreeds"]
         post = self.detector.entry["postprocess"]
         self.score_threshold, self.iou_threshold = post["score_threshold"], post["iou_threshold"]
+        self.containment = post["containment_threshold"]
         self.max_faces = post["max_faces"]
         self.crop_scale = self.landmarker.entry["inputs"][0]["crop"]["scale"]
         self.breed_labels = self.classifier.entry["labels"]
@@ -57,7 +58,8 @@ class CatFace:
         return to_chw(image, self.detector.input_size)
 
     def faces_from(self, scores: np.ndarray, boxes: np.ndarray, image: Image.Image) -> list[Face]:
-        kept, kept_scores = select_faces(scores, boxes, self.score_threshold, self.iou_threshold, self.max_faces)
+        kept, kept_scores = select_faces(scores, boxes, self.score_threshold, self.iou_threshold, self.containment,
+                                                self.max_faces)
         w, h = image.size
         return [Face((b * [w, h, w, h]).astype(np.float32), float(s)) for b, s in zip(kept, kept_scores)]
 

@@ -31,8 +31,8 @@ def input_side(entry: dict) -> tuple[int, int]:
 def test_detector_entries_carry_the_contract(entry):
     assert input_side(entry) == (contract.DETECTOR_INPUT, contract.DETECTOR_INPUT)
     post = entry["postprocess"]
-    assert (post["score_threshold"], post["iou_threshold"], post["max_faces"]) == (
-        contract.SCORE_THRESHOLD, contract.IOU_THRESHOLD, contract.MAX_FACES)
+    assert (post["score_threshold"], post["iou_threshold"], post["containment_threshold"], post["max_faces"]) == (
+        contract.SCORE_THRESHOLD, contract.IOU_THRESHOLD, contract.CONTAINMENT_THRESHOLD, contract.MAX_FACES)
     defaults = {i["name"]: i["default"] for i in entry["inputs"] if "default" in i}  # CoreML's NMS inputs
     assert defaults in ({}, {"iouThreshold": contract.IOU_THRESHOLD, "confidenceThreshold": contract.SCORE_THRESHOLD})
 
@@ -58,8 +58,8 @@ def test_breed_entries_agree_with_the_contract_where_they_carry_the_crop(entry):
 def test_the_server_reads_the_contract_from_the_manifest():
     by_name = {e["name"]: SimpleNamespace(entry=e) for e in ENTRIES if e["format"] == "onnx"}
     catface = CatFace(by_name)
-    assert (catface.score_threshold, catface.iou_threshold, catface.max_faces) == (
-        contract.SCORE_THRESHOLD, contract.IOU_THRESHOLD, contract.MAX_FACES)
+    assert (catface.score_threshold, catface.iou_threshold, catface.containment, catface.max_faces) == (
+        contract.SCORE_THRESHOLD, contract.IOU_THRESHOLD, contract.CONTAINMENT_THRESHOLD, contract.MAX_FACES)
     assert catface.crop_scale == contract.LANDMARK_CROP_SCALE
     assert BREED_CROP_SCALE == contract.BREED_CROP_SCALE
     assert catface.cat_threshold == contract.CAT_THRESHOLD

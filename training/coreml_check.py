@@ -795,9 +795,10 @@ def compare_detector(report: Report, spec, session, label, pixels, raw: dict, fi
     nms = spec.pipeline.models[-1].nonMaximumSuppression
     report.add("scores (NN stage)", label, np.abs(raw[nms.confidenceInputFeatureName][:, 0] - scores).max())
     report.add("coordinates (NN stage)", label, np.abs(raw[nms.coordinatesInputFeatureName] - centre).max())
-    # service.detection.select_faces without its clipping and face cap (Core ML leaves both to the app)
+    # service.detection.select_faces without its clipping, face cap and containment rule (Core ML's
+    # NMS has none of them: the manifest leaves them to the app)
     candidates = np.nonzero(scores >= nms.confidenceThreshold)[0]
-    kept = candidates[server_nms(boxes[candidates], scores[candidates], nms.iouThreshold)]
+    kept = candidates[server_nms(boxes[candidates], scores[candidates], nms.iouThreshold, containment=1.01)]
     if len(final["coordinates"]) != len(kept):
         # a score within the bound of the threshold may fall either side; anything else is a failure
         if np.abs(scores - nms.confidenceThreshold).min() > report.bound:
