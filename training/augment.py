@@ -3,10 +3,11 @@ pixels (Pillow warps with its inverse) and to the points with the very same matr
 and landmarks always move with the pixels. Flips also swap left/right landmark names."""
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 
 from service import geometry
 
@@ -43,3 +44,26 @@ def jitter_colour(image: Image.Image, rng: np.random.Generator, strength: float 
 
 
 crop_around_box = geometry.square_crop_matrix
+
+
+def user_photo_noise(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """What users' photos do that curated ones rarely do: too dark or overexposed, odd or no
+    colour (hairless and unusual coats, grey photos), soft focus, heavy JPEG compression."""
+    if rng.random() < 0.3:  # exposure: gamma 0.4 (bright) .. 2.5 (dark)
+        gamma = float(np.exp(rng.uniform(np.log(0.4), np.log(2.5))))
+        image = image.point([round(255 * (v / 255) ** gamma) for v in range(256)] * 3)
+    if rng.random() < 0.25:  # hue rotation and saturation
+        h, s, v = image.convert("HSV").split()
+        shift = int(rng.integers(-40, 41))
+        h = h.point(lambda x: (x + shift) % 256)
+        s = s.point(lambda x, k=float(rng.uniform(0.3, 1.6)): min(255, round(x * k)))
+        image = Image.merge("HSV", (h, s, v)).convert("RGB")
+    if rng.random() < 0.1:
+        image = image.convert("L").convert("RGB")
+    if rng.random() < 0.2:
+        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.8))))
+    if rng.random() < 0.3:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=int(rng.integers(15, 70)))
+        image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return image

@@ -17,6 +17,10 @@ import numpy as np
 from PIL import Image
 
 VAL_PERCENT = 15
+# Photos no model trains on, because a test judges the shipped models on them (paths relative to
+# the data folder).
+KITTENS_PHOTO = "cat-faces-voc/images/cat.217.jpg"  # three kittens side by side: the small-faces test
+TEST_PHOTOS = {KITTENS_PHOTO}
 LANDMARK_NAMES = [
     "left_eye", "right_eye", "mouth",
     "left_ear_1", "left_ear_2", "left_ear_3",

@@ -20,6 +20,7 @@ from service.contract import (
     BREED_CROP_SCALE,
     BREED_REPORT_THRESHOLD,
     CAT_THRESHOLD,
+    CONTAINMENT_THRESHOLD,
     DETECTOR_INPUT,
     IOU_THRESHOLD,
     LANDMARK_CROP_SCALE,
@@ -70,22 +71,34 @@ def export_onnx(model: torch.nn.Module, size: int, outputs: list[str], path: Pat
         np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=1e-3)
 
 
-def detector_entry(size: int, grid: int) -> dict:
+def training_faces(run: Path) -> dict[str, int]:
+    """The detector's training faces per collection, as its checkpoint recorded them."""
+    return torch.load(run / "checkpoint.pt", map_location="cpu").get("faces_by_source", {})
+
+
+def detector_entry(size: int) -> dict:
+    grids = CatFaceDetector.grids(size)
+    anchors = sum(g * g for g in grids)
     return {
         "name": "catface", "format": "onnx", "version": VERSIONS["catface"], "task": "cat face detection",
         "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],
                     "resize": f"the whole photo stretched to {size}x{size} (aspect ratio not kept)"}],
         "outputs": [
-            {"name": "scores", "shape": ["batch", grid * grid], "meaning": "face probability per anchor"},
-            {"name": "boxes", "shape": ["batch", grid * grid, 4],
+            {"name": "scores", "shape": ["batch", anchors], "meaning": "face probability per anchor"},
+            {"name": "boxes", "shape": ["batch", anchors, 4],
              "meaning": "x_min, y_min, x_max, y_max per anchor, normalised to the input (0..1), already decoded"},
         ],
-        "anchors": {"kind": "grid", "stride": CatFaceDetector.STRIDE, "grid": [grid, grid], "order": "row-major",
-                    "centre": f"((col + 0.5) / {grid}, (row + 0.5) / {grid})",
+        "anchors": {"kind": "grids", "levels": [{"stride": s, "grid": [g, g], "face_sides_px": list(r)}
+                                                for s, g, r in zip(CatFaceDetector.STRIDES, grids,
+                                                                   CatFaceDetector.LEVEL_SIZES)],
+                    "order": "levels in this order, each row-major",
+                    "centre": "((col + 0.5) / grid, (row + 0.5) / grid) of the anchor's level",
                     "decoding": "box = centre -/+ exp(ltrb) * stride / input, done inside the graph"},
-        "postprocess": {"score_threshold": SCORE_THRESHOLD, "iou_threshold": IOU_THRESHOLD, "max_faces": MAX_FACES,
-                        "method": "greedy NMS over boxes with score >= threshold; "
-                                  "multiply by the photo's width/height"},
+        "postprocess": {"score_threshold": SCORE_THRESHOLD, "iou_threshold": IOU_THRESHOLD,
+                        "containment_threshold": CONTAINMENT_THRESHOLD, "max_faces": MAX_FACES,
+                        "method": "greedy NMS over boxes with score >= threshold: a box goes when its IoU with a "
+                                  "better box is over iou_threshold, or when containment_threshold of the smaller "
+                                  "of the two lies inside the other; multiply by the photo's width/height"},
         "box_convention": "the tight box around the 9 Crawford landmarks (ears included), clamped to the image",
         "labels": ["cat"],
     }
@@ -145,7 +158,8 @@ def main(argv=None):
     if "catface" in args.only:
         model, size = load_checkpoint(CatFaceDetector, args.runs / "detector" / "checkpoint.pt")
         export_onnx(model, size, ["scores", "boxes"], args.out / "catface.onnx")
-        entries.append({**detector_entry(size, size // model.STRIDE), **file_facts(args.out / "catface.onnx")})
+        entries.append({**detector_entry(size), "training_faces": training_faces(args.runs / "detector"),
+                        **file_facts(args.out / "catface.onnx")})
     if "catlandmarks" in args.only:
         model, size = load_checkpoint(CatLandmarker, args.runs / "landmarks" / "checkpoint.pt")
         export_onnx(model, size, ["landmarks"], args.out / "catlandmarks.onnx")

@@ -198,7 +198,7 @@ def export_catface(model: CatFaceDetector, size: int, precision: str):
     spec = convert(VisionDetector(model), size, [CONFIDENCE_IN, COORDINATES_IN])
     if precision == "float16":
         half_weights(spec)
-    spec = catface_pipeline(spec, (size // model.STRIDE) ** 2)
+    spec = catface_pipeline(spec, sum(g * g for g in model.grids(size)))
     describe(spec, "catface", "Finds cat faces: a box and a score per face (Vision: VNRecognizedObjectObservation, "
                    "label \"cat\").", CATFACE_FEATURES, preview="objectDetector")
     return spec
@@ -311,9 +311,8 @@ def main(argv=None):
         spec = export_catface(model, size, args.precision)
         diff = verify_against_torch("catface", spec, model, size)
         save(spec, args.out / "catface.mlmodel")
-        grid = size // model.STRIDE
         entries.append({**manifest_entry(
-            detector_entry(size, grid), spec,
+            detector_entry(size), spec,
             [image_input(size, resize=f"the whole photo stretched to {size}x{size} (Vision: .scaleFill)"),
              {"name": "iouThreshold", "type": "double", "optional": True, "default": IOU_THRESHOLD},
              {"name": "confidenceThreshold", "type": "double", "optional": True, "default": SCORE_THRESHOLD}],
@@ -323,8 +322,11 @@ def main(argv=None):
                          "Vision's VNRecognizedObjectObservation.boundingBox has its origin bottom-left"}],
             pipeline=["detector (NeuralNetwork, decoding inside)", "NonMaximumSuppression"]),
             **file_facts(args.out / "catface.mlmodel")})
-        entries[-1]["postprocess"] |= {"method": "NMS inside the model (not capped: the server keeps the best "
-                                                 "max_faces); multiply by the photo's width/height and clamp to it"}
+        entries[-1]["postprocess"] |= {"method": "IoU NMS inside the model (not capped: the server keeps the best "
+                                                 "max_faces); the containment rule is the app's (Core ML's NMS has "
+                                                 "none: drop a face when containment_threshold of the smaller box "
+                                                 "lies inside a better face's); multiply by the photo's "
+                                                 "width/height and clamp to it"}
         print(f"catface: max |numpy(spec) - torch| {diff:.2g}")
     if "catlandmarks" in args.only:
         model, size = load_checkpoint(CatLandmarker, args.runs / "landmarks" / "checkpoint.pt")

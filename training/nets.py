@@ -129,56 +129,76 @@ def dw_sep(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequenti
 
 
 class CatFaceDetector(nn.Module):
-    """Single-shot, anchor-free detector (FCOS-like, one level).
+    """Single-shot, anchor-free detector (FCOS-like) on three levels, strides 8, 16 and 32, so
+    one serving size finds faces from about 12 px to the whole photo.
 
-    Stride-16 features (block 10) are fused with a light stride-32 context branch of our own
-    (the backbone's blocks 11-15 hold most of its weights; leaving them out keeps the detector
-    small enough for a phone).
-    Every cell of the stride-16 grid is an "anchor" at its centre ((i + 0.5) * 16 pixels) and
+    FPN-lite: block 4 (stride 8) and block 10 (stride 16) of the backbone, plus a light stride-32
+    context branch of our own (the backbone's blocks 11-15 hold most of its weights; leaving them
+    out keeps the detector small enough for a phone); each level adds the upsampled coarser one.
+    Every level has its own small tower (BN statistics differ between levels) and shares the two
+    predicting convolutions: distances are in units of the level's stride, so one rule fits all.
+    Each level is trained on the faces of its size range (`LEVEL_SIZES`).
+
+    Every cell of every level's grid is an "anchor" at its centre ((i + 0.5) * stride pixels) and
     predicts a face score and the distances from its centre to the box's four sides.
 
     Output `scores`: (N, A) sigmoid probabilities; `boxes`: (N, A, 4) as x_min, y_min, x_max,
     y_max normalised to the input (0..1), decoded in the graph so every consumer (server,
-    CoreML NMS) reads the same thing. A = (H/16) * (W/16), row-major.
+    CoreML NMS) reads the same thing. A = sum over levels of (H/stride) * (W/stride): the stride-8
+    grid first, then 16, then 32, each row-major.
     """
 
-    STRIDE = 16
+    STRIDES = (8, 16, 32)
+    # Face side (the box's longer side, in input pixels) each level learns: [low, high).
+    LEVEL_SIZES = ((0, 48), (48, 112), (112, 10_000))
 
     def __init__(self, backbone: EfficientNetLite0, input_size: int = 192, width: int = 96):
         super().__init__()
         self.backbone = backbone
+        self.lateral8 = nn.Conv2d(40, width, 1)
         self.lateral16 = nn.Conv2d(112, width, 1)
         self.context32 = nn.Sequential(dw_sep(112, 160, 3, stride=2), dw_sep(160, width))
-        self.tower = nn.Sequential(dw_sep(width, width), dw_sep(width, width))
+        self.towers = nn.ModuleList(nn.Sequential(dw_sep(width, width), dw_sep(width, width)) for _ in self.STRIDES)
         self.score = nn.Conv2d(width, 1, 3, padding=1)
         self.ltrb = nn.Conv2d(width, 4, 3, padding=1)
         # Prior: few cells hold a face; start scores low so the focal loss is stable.
         nn.init.constant_(self.score.bias, -4.6)
         self.set_input_size(input_size)
 
+    @classmethod
+    def grids(cls, input_size: int) -> list[int]:
+        """Cells per side of each level's grid."""
+        return [input_size // stride for stride in cls.STRIDES]
+
     def set_input_size(self, input_size: int) -> None:
-        """The net is fully convolutional; only the anchor grid depends on the input side
+        """The net is fully convolutional; only the anchor grids depend on the input side
         (training runs at one size, validation and serving at another)."""
         self.input_size = input_size
-        grid = input_size // self.STRIDE
-        ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-        centres = torch.stack([xs, ys], -1).reshape(-1, 2).float().add(0.5).div(grid)
-        self.register_buffer("anchors", centres, persistent=False)  # (A, 2), normalised
+        centres, strides = [], []
+        for stride, grid in zip(self.STRIDES, self.grids(input_size)):
+            ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+            centres.append(torch.stack([xs, ys], -1).reshape(-1, 2).float().add(0.5).div(grid))
+            strides.append(torch.full((grid * grid, 1), float(stride)))
+        self.register_buffer("anchors", torch.cat(centres), persistent=False)  # (A, 2), normalised
+        self.register_buffer("anchor_strides", torch.cat(strides), persistent=False)  # (A, 1), pixels
 
     def raw(self, pixels):
         """Logits and ltrb distances in units of the stride (log space), for the loss."""
-        (f16,) = self.backbone.features(self.backbone.normalise(pixels), (10,))
-        x = self.lateral16(f16) + F.interpolate(self.context32(f16), scale_factor=2.0, mode="nearest")
-        x = self.tower(x)
-        n = x.shape[0]
-        logits = self.score(x).reshape(n, -1)
-        ltrb = self.ltrb(x).permute(0, 2, 3, 1).reshape(n, -1, 4)
-        return logits, ltrb
+        f8, f16 = self.backbone.features(self.backbone.normalise(pixels), (4, 10))
+        p32 = self.context32(f16)
+        p16 = self.lateral16(f16) + F.interpolate(p32, scale_factor=2.0, mode="nearest")
+        p8 = self.lateral8(f8) + F.interpolate(p16, scale_factor=2.0, mode="nearest")
+        n, logits, ltrb = pixels.shape[0], [], []
+        for level, tower in zip((p8, p16, p32), self.towers):
+            x = tower(level)
+            logits.append(self.score(x).reshape(n, -1))
+            ltrb.append(self.ltrb(x).permute(0, 2, 3, 1).reshape(n, -1, 4))
+        return torch.cat(logits, 1), torch.cat(ltrb, 1)
 
     def decode(self, ltrb):
         """Raw ltrb (log distances in strides) -> boxes x_min, y_min, x_max, y_max normalised to
         the input: the one decoding, used by the exported graph and by the training loss."""
-        dist = torch.exp(ltrb.clamp(max=6.0)) * (self.STRIDE / self.input_size)
+        dist = torch.exp(ltrb.clamp(max=6.0)) * (self.anchor_strides / self.input_size)
         centre = self.anchors.unsqueeze(0)
         return torch.cat([centre - dist[..., :2], centre + dist[..., 2:]], -1)
 

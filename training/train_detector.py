@@ -2,9 +2,15 @@
 
     python -m training.train_detector --data ../shared/data --out runs/detector
 
+    python -m training.train_detector --data ../shared/data --labels runs/labels/faces.json \
+        --out runs/detector
+
 Training images are made on the fly: single photos (zoomed, rotated, flipped, recoloured) and
-2x2 mosaics of cat and dog photos, so the net sees 0..4 faces per image at many sizes. Boxes
-are always re-derived from the moved landmarks (our box convention), never from warped boxes.
+2x2, 3x3 and 4x4 mosaics of cat and dog photos, so the net sees 0..16 faces per image from
+about 10 px to the whole image, then the whole image gets users' photo noise (exposure, hue,
+blur, JPEG). Boxes are always re-derived from the moved landmarks (our box convention), never
+from warped boxes. The faces are Crawford's hand-placed landmarks plus, with --labels, the
+checked pseudo-labels of training/pseudo_labels.py (Oxford, cat-breeds-extra, cat-faces-voc).
 """
 from __future__ import annotations
 
@@ -17,21 +23,35 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from service.contract import DETECTOR_INPUT, DETECTOR_TRAIN_INPUT, IOU_THRESHOLD, MAX_FACES, SCORE_THRESHOLD
+from service.contract import (
+    CONTAINMENT_THRESHOLD,
+    DETECTOR_INPUT,
+    DETECTOR_TRAIN_INPUT,
+    IOU_THRESHOLD,
+    MAX_FACES,
+    SCORE_THRESHOLD,
+)
 from service.geometry import to_chw
 
 from . import data, loop
-from .augment import affine, jitter_colour, move_points, warp
+from .augment import affine, jitter_colour, move_points, user_photo_noise, warp
 from .nets import CatFaceDetector, pretrained_backbone
+from .pseudo_labels import read_labels
 
 # ---- config -------------------------------------------------------------------------------
 INPUT = DETECTOR_TRAIN_INPUT  # served at DETECTOR_INPUT: see service/contract.py
 BATCH = 32
 STEPS_PER_EPOCH = 40
-EPOCHS = 30
+EPOCHS = 40
 LR_HEAD, LR_BACKBONE = 2e-3, 5e-4
 FROZEN_BLOCKS = 3  # stem and blocks 0-2 (stride <= 4) keep their ImageNet weights
-MOSAIC_P = 0.5
+# Layout of a training image: one photo, a 2x2 mosaic with a random split point, or a uniform
+# 3x3 / 4x4 grid (many small faces, as in litters of kittens).
+LAYOUTS = {1: 0.35, 2: 0.35, 3: 0.15, 4: 0.15}
+# How far a photo may shrink in its cell: in the 3x3 and 4x4 grids down to faces of ~6 px.
+SMALLEST_ZOOM = {1: 0.75, 2: 0.75, 3: 0.5, 4: 0.5}
+# Near a level's size boundary a face is neither positive nor background for the neighbour level.
+LEVEL_MARGIN = 1.5
 DOG_P = 0.3  # chance that a single photo or a mosaic tile is a dog photo
 CACHE_SIDE = 320  # photos are kept in memory at this longer side
 # Hard poses, given to a share of the tiles (the first two training cycles had neither):
@@ -50,7 +70,8 @@ def load_small(path: Path, side: int = CACHE_SIDE) -> tuple[Image.Image, float]:
 
 
 class Sources:
-    """Training photos held in memory: cats with landmarks, and dogs (no cat face)."""
+    """Training photos held in memory: cats with landmarks (every cat face in them labelled),
+    and dogs (no cat face)."""
 
     def __init__(self, cats: list[data.CatPhoto], dogs: list[Path]):
         self.cats = []
@@ -70,12 +91,11 @@ class Poses:
     close_up: float = CLOSE_UP_P  # share of tiles zoomed in 1.35..2.2x
 
 
-def place(image, landmarks, rng, cell, canvas, poses: Poses):
+def place(image, landmarks, rng, cell, canvas, poses: Poses, smallest_zoom: float = 0.75):
     """Warp a photo into `cell` (x0, y0, x1, y1) of the canvas with random zoom/rotation/flip."""
     x0, y0, x1, y1 = cell
     w, h = image.size
-    # (a share of 0 draws nothing, so the earlier cycles' random streams are reproduced exactly)
-    zoom = rng.uniform(1.35, 2.2) if poses.close_up and rng.random() < poses.close_up else rng.uniform(0.75, 1.35)
+    zoom = rng.uniform(1.35, 2.2) if rng.random() < poses.close_up else rng.uniform(smallest_zoom, 1.35)
     if poses.any_angle and rng.random() < poses.any_angle:
         angle = rng.uniform(-180, 180)
     else:
@@ -105,17 +125,19 @@ def place(image, landmarks, rng, cell, canvas, poses: Poses):
 def make_sample(sources: Sources, rng, poses: Poses, size: int = INPUT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> image (3, S, S) 0..255, boxes (K, 4) pixels, ignore boxes (J, 4) pixels."""
     canvas = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 255, 3)))
-    if rng.random() < MOSAIC_P:
+    tiles = int(rng.choice(list(LAYOUTS), p=list(LAYOUTS.values())))
+    if tiles == 2:
         cx, cy = rng.uniform(0.3, 0.7, 2) * size
         cells = [(0, 0, cx, cy), (cx, 0, size, cy), (0, cy, cx, size), (cx, cy, size, size)]
     else:
-        cells = [(0, 0, size, size)]
+        edges = np.linspace(0, size, tiles + 1)
+        cells = [(edges[i], edges[j], edges[i + 1], edges[j + 1]) for j in range(tiles) for i in range(tiles)]
     faces = []
     for cell in cells:
-        faces += place(*sources.pick(rng), rng, cell, canvas, poses)
-    canvas = jitter_colour(canvas, rng)
-    keep = [b for b, vis in faces if vis >= 0.6 and min(b[2] - b[0], b[3] - b[1]) >= 6]
-    ignore = [b for b, vis in faces if not (vis >= 0.6 and min(b[2] - b[0], b[3] - b[1]) >= 6) and vis > 0.05]
+        faces += place(*sources.pick(rng), rng, cell, canvas, poses, SMALLEST_ZOOM[tiles])
+    canvas = user_photo_noise(jitter_colour(canvas, rng), rng)
+    keep = [b for b, vis in faces if vis >= 0.6 and min(b[2] - b[0], b[3] - b[1]) >= 4]
+    ignore = [b for b, vis in faces if not (vis >= 0.6 and min(b[2] - b[0], b[3] - b[1]) >= 4) and vis > 0.05]
     return to_chw(canvas), np.array(keep, np.float32).reshape(-1, 4), np.array(ignore, np.float32).reshape(-1, 4)
 
 
@@ -156,12 +178,26 @@ def giou_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return (1 - iou + (hull - union) / hull.clamp(min=1e-9)).mean()
 
 
-def make_batch(sources, rng, model, poses: Poses, size: int = INPUT):
-    grid = size // model.STRIDE
+def assign_levels(boxes: np.ndarray, ignore: np.ndarray, size: int):
+    """`assign` on every level of CatFaceDetector, each with the faces of its size range; faces
+    within LEVEL_MARGIN of a level's range are ignored there. Targets index `boxes`."""
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    targets, weights = [], []
+    for stride, (low, high) in zip(CatFaceDetector.STRIDES, CatFaceDetector.LEVEL_SIZES):
+        own = (sides >= low) & (sides < high)
+        near = (sides >= low / LEVEL_MARGIN) & (sides < high * LEVEL_MARGIN) & ~own
+        index = np.nonzero(own)[0]
+        t, w = assign(boxes[own], np.concatenate([ignore, boxes[near]]), size // stride, stride)
+        targets.append(np.where(t >= 0, index[np.maximum(t, 0)] if len(index) else -1, -1))
+        weights.append(w)
+    return np.concatenate(targets), np.concatenate(weights)
+
+
+def make_batch(sources, rng, poses: Poses, size: int = INPUT):
     images, targets, weights, gts = [], [], [], []
     for _ in range(BATCH):
         image, boxes, ignore = make_sample(sources, rng, poses, size)
-        t, w = assign(boxes, ignore, grid, model.STRIDE)
+        t, w = assign_levels(boxes, ignore, size)
         images.append(image)
         weights.append(w)
         targets.append(t)
@@ -182,6 +218,15 @@ def detector_loss(model, images, targets, weights, gts):
     boxes = model.decode(ltrb)  # the exported graph's own decoding
     box = giou_loss(boxes[positive], gts[positive]) if positive.any() else logits.sum() * 0
     return focal + 2.0 * box, focal.item(), box.item()
+
+
+def faces_by_source(cats: list[data.CatPhoto]) -> dict[str, int]:
+    """Training faces per collection (the group's prefix: crawford, oxford, extra, voc)."""
+    counts: dict[str, int] = {}
+    for photo in cats:
+        source = photo.group.split("/")[0]
+        counts[source] = counts.get(source, 0) + len(photo.landmarks)
+    return counts
 
 
 def split_sources(data_dir: Path, split: str, limit: int | None = None):
@@ -207,7 +252,7 @@ def quick_validation(model, cats, dogs):
         x = torch.from_numpy(np.stack([to_chw(im, (DETECTOR_INPUT, DETECTOR_INPUT)) for im in images]))
         scores, boxes = model(x)
         for item, im, s, b in zip(chunk, images, scores.numpy(), boxes.numpy()):
-            found, _ = select_faces(s, b, SCORE_THRESHOLD, IOU_THRESHOLD, MAX_FACES)
+            found, _ = select_faces(s, b, SCORE_THRESHOLD, IOU_THRESHOLD, CONTAINMENT_THRESHOLD, MAX_FACES)
             found = found * [im.width, im.height, im.width, im.height]
             if isinstance(item, data.CatPhoto):
                 for pts in item.landmarks:
@@ -226,12 +271,17 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=STEPS_PER_EPOCH, help="steps per epoch")
     parser.add_argument("--any-angle", type=float, default=ANY_ANGLE_P, help="share of tiles rolled by any angle")
     parser.add_argument("--close-up", type=float, default=CLOSE_UP_P, help="share of tiles zoomed in 1.35-2.2x")
-    parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[INPUT],
+    parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[INPUT, DETECTOR_INPUT],
                         help="input sides, one drawn per batch (multiples of 32), e.g. 192,256,320")
+    parser.add_argument("--labels", type=Path, default=None,
+                        help="pseudo-labelled faces from training/pseudo_labels.py (training photos only)")
     args = parser.parse_args(argv)
     rng = loop.start(args)
 
-    sources = Sources(*split_sources(args.data, "train", args.limit))
+    cats, dogs = split_sources(args.data, "train", args.limit)
+    if args.labels:
+        cats += read_labels(args.labels, args.data)[: args.limit]
+    sources = Sources(cats, dogs)
     val_cats, val_dogs = split_sources(args.data, "val", args.limit)
     print(f"train: {len(sources.cats)} cat photos, {len(sources.dogs)} dog photos; "
           f"val: {len(val_cats)} cats, {len(val_dogs)} dogs", flush=True)
@@ -248,10 +298,9 @@ def main(argv=None):
             t0, losses = time.time(), []
             for _ in range(args.steps):
                 schedule.set(step)
-                # one size: nothing drawn, so single-size cycles keep their random streams
-                size = args.sizes[0] if len(args.sizes) == 1 else int(rng.choice(args.sizes))
+                size = int(rng.choice(args.sizes))
                 model.set_input_size(size)
-                loss, focal, box = detector_loss(model, *make_batch(sources, rng, model, poses, size))
+                loss, focal, box = detector_loss(model, *make_batch(sources, rng, poses, size))
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
@@ -261,7 +310,8 @@ def main(argv=None):
             loss, focal, giou = (float(np.mean([parts[k] for parts in losses])) for k in range(3))
             log.write({"epoch": epoch, "loss": loss, "focal": focal, "giou": giou,
                        "val_recall": recall, "val_false_per_dog": dog_fp, "seconds": round(time.time() - t0, 1)})
-            torch.save({"model": model.state_dict(), "epoch": epoch, "input": INPUT}, args.out / "checkpoint.pt")
+            torch.save({"model": model.state_dict(), "epoch": epoch, "input": INPUT,
+                        "faces_by_source": faces_by_source(cats)}, args.out / "checkpoint.pt")
     return model
 
 
