@@ -1,7 +1,11 @@
 """Per-image inference time of each shipped ONNX model at batch 1 and 8, their sizes, and the
 OpenCV Haar cat cascade on the same 640x480 photos, in one run.
 
-    python benchmarks/bench_models.py [--data ../shared/data] [--threads 2] [--repeats 30]
+    python benchmarks/bench_models.py [--data ../shared/data] [--threads 2] [--repeats 30] \
+        [--baseline <models folder shipped before>]
+
+With --baseline, also detector + landmarks per photo of the baseline's catface + catlandmarks,
+timed in alternating rounds in the same run, and the ratio (the detector's cost budget).
 
 Prints medians (this machine is noisy: compare ratios from one run, not across runs).
 """
@@ -40,6 +44,7 @@ def main():
     parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--baseline", type=Path, default=None, help="a models folder to compare face finding with")
     args = parser.parse_args()
 
     catface = load(args.models, args.threads)
@@ -74,9 +79,25 @@ def main():
     report = {"date": datetime.date.today().isoformat(), "threads": args.threads, "models": rows,
               "per_640x480_photo_ms": {"haar": round(haar, 2), "detector_landmarks_one": round(ours_one, 2),
                                       "detector_landmarks_batch8": round(ours_faces, 2)}}
+    if args.baseline:
+        report["against_baseline"] = against_baseline(catface, load(args.baseline, args.threads), photos, args.repeats)
     out = Path(__file__).resolve().parent / "results" / f"models-{report['date']}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}")
+
+
+def against_baseline(catface, baseline, photos, repeats: int, rounds: int = 5) -> dict:
+    """Detector + landmarks on one photo at a time, shipped vs baseline, in alternating rounds."""
+    shipped, before = [], []
+    for _ in range(rounds):
+        shipped.append(median_ms(lambda: [catface.detect([p], breeds=False) for p in photos], repeats // 5))
+        before.append(median_ms(lambda: [baseline.detect([p], breeds=False) for p in photos], repeats // 5))
+    ms, base = statistics.median(shipped) / len(photos), statistics.median(before) / len(photos)
+    versions = lambda c: {n: m.entry["version"] for n, m in c.models.items() if n != "catbreeds"}  # noqa: E731
+    print(f"\ndetector + landmarks per photo: {ms:.2f} ms against {base:.2f} ms for the baseline "
+          f"{versions(baseline)} ({ms / base:.2f}x)")
+    return {"shipped": versions(catface), "baseline": versions(baseline), "shipped_ms": round(ms, 2),
+            "baseline_ms": round(base, 2), "ratio": round(ms / base, 3)}
 
 
 if __name__ == "__main__":

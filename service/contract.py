@@ -7,12 +7,11 @@ when the manifest and this file disagree.
 """
 from __future__ import annotations
 
-# catface, the detector. The net is fully convolutional: trained at DETECTOR_TRAIN_INPUT, it
-# finds small faces better at 256 px (validation, second cycle's detector: three cats in a 2x2
-# mosaic 0.83 vs 0.76); a 0.6 threshold keeps false faces on dogs at 0.017, and NMS at IoU 0.3
-# removes the shifted duplicates the larger input brings (precision 0.91 -> 0.95). The model
-# card's threshold table measures the shipped detector. (A fourth cycle with --sizes 192,256,320,
-# served at 320, found more small faces but missed more big heads on Oxford photos; not shipped.)
+# catface, the detector. The net is fully convolutional: version 2 is trained at
+# DETECTOR_TRAIN_INPUT and DETECTOR_INPUT (one drawn per batch) and served at DETECTOR_INPUT, where
+# its stride-8 level sees faces down to about 8 px. The score threshold (0.6) and NMS IoU (0.3) were
+# chosen for version 1 on validation (false faces on dogs, shifted duplicates) and kept; the
+# model card's threshold table measures the shipped detector under other values.
 DETECTOR_TRAIN_INPUT = 192
 DETECTOR_INPUT = 256  # served: the whole photo stretched to DETECTOR_INPUT x DETECTOR_INPUT
 SCORE_THRESHOLD = 0.6

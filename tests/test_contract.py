@@ -71,3 +71,5 @@ def test_the_readme_swift_code_uses_the_contract_crops():
     assert scales == [contract.LANDMARK_CROP_SCALE, contract.BREED_CROP_SCALE]
     described = {float(s) for s in re.findall(r"square of ([0-9.]+) x", readme)}
     assert described == {contract.LANDMARK_CROP_SCALE, contract.BREED_CROP_SCALE}
+    assert [float(s) for s in re.findall(r"onePerFace\(.*containment: ([0-9.]+)\)", readme)] == [
+        contract.CONTAINMENT_THRESHOLD]

@@ -32,7 +32,7 @@ from . import data
 from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
 
 # Per model: a retrained model gets a new version (the manifest says which one is shipped).
-VERSIONS = {"catface": "1.0.0", "catlandmarks": "1.0.0", "catbreeds": "2.0.0"}
+VERSIONS = {"catface": "2.0.0", "catlandmarks": "1.0.0", "catbreeds": "2.0.0"}
 OPSET = 17
 PIXELS = {"name": "image", "layout": "NCHW", "dtype": "float32", "color": "RGB",
           "range": "0..255 (normalisation is inside the graph)"}
