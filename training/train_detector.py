@@ -46,8 +46,8 @@ EPOCHS = 40
 LR_HEAD, LR_BACKBONE = 2e-3, 5e-4
 FROZEN_BLOCKS = 3  # stem and blocks 0-2 (stride <= 4) keep their ImageNet weights
 # Layout of a training image: one photo, a 2x2 mosaic with a random split point, or a uniform
-# 3x3 / 4x4 grid (many small faces, as in litters of kittens).
-LAYOUTS = {1: 0.35, 2: 0.35, 3: 0.15, 4: 0.15}
+# 3x3 / 4x4 grid (many small faces, as in litters of kittens), the grids together GRIDS_P of them.
+GRIDS_P = 0.3
 # How far a photo may shrink in its cell: in the 3x3 and 4x4 grids down to faces of ~6 px.
 SMALLEST_ZOOM = {1: 0.75, 2: 0.75, 3: 0.5, 4: 0.5}
 # Near a level's size boundary a face is neither positive nor background for the neighbour level.
@@ -87,8 +87,15 @@ class Sources:
 
 @dataclass
 class Poses:
+    """What a training image is drawn with (shares of tiles or of images)."""
+
     any_angle: float = ANY_ANGLE_P  # share of tiles rolled by a uniform angle in -180..180
     close_up: float = CLOSE_UP_P  # share of tiles zoomed in 1.35..2.2x
+    grids: float = GRIDS_P  # share of images that are 3x3 or 4x4 grids
+
+    def layouts(self) -> dict[int, float]:
+        """Tiles per side -> share of images."""
+        return {1: (1 - self.grids) / 2, 2: (1 - self.grids) / 2, 3: self.grids / 2, 4: self.grids / 2}
 
 
 def place(image, landmarks, rng, cell, canvas, poses: Poses, smallest_zoom: float = 0.75):
@@ -125,7 +132,8 @@ def place(image, landmarks, rng, cell, canvas, poses: Poses, smallest_zoom: floa
 def make_sample(sources: Sources, rng, poses: Poses, size: int = INPUT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> image (3, S, S) 0..255, boxes (K, 4) pixels, ignore boxes (J, 4) pixels."""
     canvas = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 255, 3)))
-    tiles = int(rng.choice(list(LAYOUTS), p=list(LAYOUTS.values())))
+    layouts = poses.layouts()
+    tiles = int(rng.choice(list(layouts), p=list(layouts.values())))
     if tiles == 2:
         cx, cy = rng.uniform(0.3, 0.7, 2) * size
         cells = [(0, 0, cx, cy), (cx, 0, size, cy), (0, cy, cx, size), (cx, cy, size, size)]
@@ -271,6 +279,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=STEPS_PER_EPOCH, help="steps per epoch")
     parser.add_argument("--any-angle", type=float, default=ANY_ANGLE_P, help="share of tiles rolled by any angle")
     parser.add_argument("--close-up", type=float, default=CLOSE_UP_P, help="share of tiles zoomed in 1.35-2.2x")
+    parser.add_argument("--grids", type=float, default=GRIDS_P, help="share of images that are 3x3 or 4x4 grids")
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[INPUT, DETECTOR_INPUT],
                         help="input sides, one drawn per batch (multiples of 32), e.g. 192,256,320")
     parser.add_argument("--labels", type=Path, default=None,
@@ -290,7 +299,7 @@ def main(argv=None):
     optimiser, frozen = loop.fine_tuning(model, FROZEN_BLOCKS, LR_HEAD * args.lr_scale, LR_BACKBONE * args.lr_scale)
     schedule = loop.WarmupCosine(optimiser, args.epochs * args.steps, warmup_steps=100)
 
-    poses = Poses(args.any_angle, args.close_up)
+    poses = Poses(args.any_angle, args.close_up, args.grids)
     step = 0
     with loop.JsonLog(args.out / "log.jsonl") as log:
         for epoch in range(args.epochs):
