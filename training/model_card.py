@@ -122,6 +122,13 @@ def catface_cat_threshold(manifest: dict) -> float:
     return onnx_entry(manifest, "catbreeds")["cat_threshold"]
 
 
+def mosaic_table(det: list[dict], key: str, title: str) -> list[str]:
+    """Recall and extra boxes of every detector on one kind of mosaic."""
+    return [title, "", "| detector | recall @ IoU 0.5 | extra boxes per mosaic |", "|---|---|---|",
+            *(f"| {r['detector']} | {r[key]['recall_iou50']:.3f} | {r[key]['extra_boxes_per_mosaic']:.2f} |"
+              for r in det)]
+
+
 def write_card(results: dict, models_dir: Path) -> None:
     manifest = json.loads((models_dir / "manifest.json").read_text())
     det = results["detection"]
@@ -168,29 +175,13 @@ def write_card(results: dict, models_dir: Path) -> None:
         lines.append(f"| {row['detector']} | {row['recall_iou50']:.3f} | {row['precision_iou50']:.3f} | "
                      f"{row['face_found_rate']:.3f} | {row['false_faces_per_dog_photo']:.3f} | "
                      f"{row.get('photos_with_two_boxes_on_one_face', '')} |")
-    lines += [
-        "",
-        "Several cats per photo (40 mosaics of 2x2 tiles: three validation cats and a dog, 640x640):",
-        "",
-        "| detector | recall @ IoU 0.5 | extra boxes per mosaic |",
-        "|---|---|---|",
-    ]
-    for row in det:
-        mosaic = row["mosaic"]
-        lines.append(f"| {row['detector']} | {mosaic['recall_iou50']:.3f} | {mosaic['extra_boxes_per_mosaic']:.2f} |")
+    lines += ["", *mosaic_table(det, "mosaic", "Several cats per photo (40 mosaics of 2x2 tiles: three validation cats "
+                                               "and a dog, 640x640):")]
     small = det[0].get("small_faces")
     if small:
-        lines += [
-            "",
+        lines += ["", *mosaic_table(det, "small_faces", (
             f"Many small faces ({small['mosaics']} mosaics of {small['tiles']}, one tile a dog; each cat photo scaled "
-            f"so its face is {small['face_sides_px'][0]}-{small['face_sides_px'][1]} px; {small['faces']} faces):",
-            "",
-            "| detector | recall @ IoU 0.5 | extra boxes per mosaic |",
-            "|---|---|---|",
-        ]
-        for row in det:
-            s = row["small_faces"]
-            lines.append(f"| {row['detector']} | {s['recall_iou50']:.3f} | {s['extra_boxes_per_mosaic']:.2f} |")
+            f"so its face is {small['face_sides_px'][0]}-{small['face_sides_px'][1]} px; {small['faces']} faces):"))]
     litter = results.get("kittens")
     if litter:
         found = [f"faces ~{r['face_px']} px: {r['found']} of {r['kittens']} found ({r['boxes']} boxes)"
