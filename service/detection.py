@@ -6,11 +6,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one box (4,) with many (M, 4), all as x_min, y_min, x_max, y_max."""
+def intersection(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Area shared by one box (4,) and each of many (M, 4), all as x_min, y_min, x_max, y_max."""
     lo = np.maximum(box[:2], boxes[:, :2])
     hi = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    return np.prod(np.clip(hi - lo, 0, None), axis=1)
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box (4,) with many (M, 4)."""
+    inter = intersection(box, boxes)
     area = np.prod(box[2:] - box[:2])
     areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
     return inter / np.maximum(area + areas - inter, 1e-12)
@@ -18,9 +23,7 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def overlap_of_smaller(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Intersection over the smaller box's area: 1 when one box lies inside the other."""
-    lo = np.maximum(box[:2], boxes[:, :2])
-    hi = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    inter = intersection(box, boxes)
     smaller = np.minimum(np.prod(box[2:] - box[:2]), np.prod(boxes[:, 2:] - boxes[:, :2], axis=1))
     return inter / np.maximum(smaller, 1e-12)
 

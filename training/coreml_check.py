@@ -798,7 +798,7 @@ def compare_detector(report: Report, spec, session, label, pixels, raw: dict, fi
     # service.detection.select_faces without its clipping, face cap and containment rule (Core ML's
     # NMS has none of them: the manifest leaves them to the app)
     candidates = np.nonzero(scores >= nms.confidenceThreshold)[0]
-    kept = candidates[server_nms(boxes[candidates], scores[candidates], nms.iouThreshold, containment=1.01)]
+    kept = candidates[server_nms(boxes[candidates], scores[candidates], nms.iouThreshold, containment=np.inf)]
     if len(final["coordinates"]) != len(kept):
         # a score within the bound of the threshold may fall either side; anything else is a failure
         if np.abs(scores - nms.confidenceThreshold).min() > report.bound:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.detection import iou, select_faces
+from service.detection import intersection, iou, select_faces
 from service.pipeline import CatFace, Face, load
 
 from . import data
@@ -55,9 +55,7 @@ def covers_face(points: np.ndarray, box: np.ndarray, margin: float = 0.1) -> boo
 def inside_share(box: np.ndarray, found: list[np.ndarray]) -> np.ndarray:
     """For each found box, the share of its area that lies inside `box`."""
     f = np.array(found, np.float32).reshape(-1, 4)
-    lo, hi = np.maximum(box[:2], f[:, :2]), np.minimum(box[2:], f[:, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-    return inter / np.maximum(np.prod(f[:, 2:] - f[:, :2], axis=1), 1e-9)
+    return intersection(box, f) / np.maximum(np.prod(f[:, 2:] - f[:, :2], axis=1), 1e-9)
 
 
 def detection_table(name: str, cats, dogs, detect) -> dict:

@@ -78,7 +78,7 @@ def training_faces(run: Path) -> dict[str, int]:
 
 def detector_entry(size: int) -> dict:
     grids = CatFaceDetector.grids(size)
-    anchors = sum(g * g for g in grids)
+    anchors = CatFaceDetector.anchor_count(size)
     return {
         "name": "catface", "format": "onnx", "version": VERSIONS["catface"], "task": "cat face detection",
         "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],

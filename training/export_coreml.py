@@ -198,7 +198,7 @@ def export_catface(model: CatFaceDetector, size: int, precision: str):
     spec = convert(VisionDetector(model), size, [CONFIDENCE_IN, COORDINATES_IN])
     if precision == "float16":
         half_weights(spec)
-    spec = catface_pipeline(spec, sum(g * g for g in model.grids(size)))
+    spec = catface_pipeline(spec, model.anchor_count(size))
     describe(spec, "catface", "Finds cat faces: a box and a score per face (Vision: VNRecognizedObjectObservation, "
                    "label \"cat\").", CATFACE_FEATURES, preview="objectDetector")
     return spec

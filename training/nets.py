@@ -170,6 +170,11 @@ class CatFaceDetector(nn.Module):
         """Cells per side of each level's grid."""
         return [input_size // stride for stride in cls.STRIDES]
 
+    @classmethod
+    def anchor_count(cls, input_size: int) -> int:
+        """A: the anchors of all levels, the length of the `scores` output."""
+        return sum(g * g for g in cls.grids(input_size))
+
     def set_input_size(self, input_size: int) -> None:
         """The net is fully convolutional; only the anchor grids depend on the input side
         (training runs at one size, validation and serving at another)."""

@@ -291,6 +291,7 @@ def main(argv=None):
     if args.labels:
         cats += read_labels(args.labels, args.data)[: args.limit]
     sources = Sources(cats, dogs)
+    sources_faces = faces_by_source(cats)  # recorded in every checkpoint (the exporter reads it)
     val_cats, val_dogs = split_sources(args.data, "val", args.limit)
     print(f"train: {len(sources.cats)} cat photos, {len(sources.dogs)} dog photos; "
           f"val: {len(val_cats)} cats, {len(val_dogs)} dogs", flush=True)
@@ -320,7 +321,7 @@ def main(argv=None):
             log.write({"epoch": epoch, "loss": loss, "focal": focal, "giou": giou,
                        "val_recall": recall, "val_false_per_dog": dog_fp, "seconds": round(time.time() - t0, 1)})
             torch.save({"model": model.state_dict(), "epoch": epoch, "input": INPUT,
-                        "faces_by_source": faces_by_source(cats)}, args.out / "checkpoint.pt")
+                        "faces_by_source": sources_faces}, args.out / "checkpoint.pt")
     return model
 
 
