@@ -34,9 +34,9 @@ BREEDS = [
 ]
 
 
-def split_of(group: str) -> str:
+def split_of(group: str, val_percent: int = VAL_PERCENT) -> str:
     digest = int(hashlib.sha1(group.encode()).hexdigest(), 16)
-    return "val" if digest % 100 < VAL_PERCENT else "train"
+    return "val" if digest % 100 < val_percent else "train"
 
 
 @dataclass

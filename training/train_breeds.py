@@ -9,8 +9,13 @@ breed softmax and a cat / not-a-cat logit. CPU-friendly in two steps:
    cached: the photo stretched to the input as the server sends it, its mirror, the face crop
    the server cuts around a detected face (and its mirror), and random resized crops with
    colour jitter. Crawford cats and dog photos get fewer views: they only teach "cat or not".
-2. Blocks TAP+1.. , the head and both output layers are fine-tuned on the cache, one random
-   view of each photo per epoch, with label smoothing.
+2. Blocks TRAIN_FROM.. , the head and both output layers are fine-tuned on the cache, one
+   random view of each photo per epoch, with label smoothing (blocks between TAP and TRAIN_FROM
+   run frozen on the cached features, so one cache serves every depth of fine-tuning).
+
+How deep to fine-tune was chosen with `--select`: the Oxford training photos are split once more
+(by near-duplicate cluster, another hash) and the models trained on the rest are compared on that
+selection part, so the validation split is never used to choose.
 
 The noisy `cat-breeds-extra` photos are cleaned first: a model trained for a few epochs on the
 Oxford photos alone predicts them, and a photo it contradicts confidently is dropped. Any extra
@@ -38,7 +43,9 @@ from .nets import CatBreedClassifier, pretrained_backbone
 # ---- config -------------------------------------------------------------------------------
 BACKBONE = "lite2"
 INPUT = BREED_INPUT
-TAP = 14             # last frozen block (end of the stride-16 stage); its output is cached
+TAP = 11             # last block whose output is cached (end of the 88-channel stride-16 stage)
+TRAIN_FROM = 15      # first fine-tuned block (default: the depth catbreeds 2.0.0 was trained at)
+SELECT_PERCENT = 15  # --select: share of the Oxford training photos held out to compare runs
 RANDOM_CROPS = 3     # random resized crops per breed photo, beside full/flip/face/face-flip
 EPOCHS = 10
 CLEAN_EPOCHS = 4     # Oxford-only model that judges the noisy extra photos
@@ -107,22 +114,31 @@ def cache_features(backbone, photos, rng, batch=32):
     return torch.cat(feats), torch.tensor(owners)
 
 
-def tail(model: CatBreedClassifier, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Breed logits and cat logit from cached block-TAP features: the trainable rest."""
+def tail(model: CatBreedClassifier, features: torch.Tensor, train_from: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Breed logits and cat logit from cached block-TAP features: the frozen blocks up to
+    `train_from`, then the trainable rest."""
     x = features
-    for block in model.backbone._blocks[TAP + 1 :]:
+    with torch.no_grad():
+        for block in model.backbone._blocks[TAP + 1 : train_from]:
+            x = block(x)
+    for block in model.backbone._blocks[train_from:]:
         x = block(x)
     embedding = model.dropout(model.backbone.head(x))
     return model.fc(embedding), model.cat(embedding)[:, 0]
 
 
-def datasets(data_dir: Path):
-    """Breed photos: Oxford train, extra (noisy, training only), Oxford validation."""
+def datasets(data_dir: Path, select: bool = False):
+    """Breed photos: Oxford train, extra (noisy, training only), Oxford validation. With `select`,
+    the third list is the selection part of the Oxford training photos instead (and the first
+    and second lists leave it and its near-duplicates out)."""
     pets = [p for p in data.oxford_pets(data_dir / "oxford-iiit-pet") if p.species == "cat"]
     extra = data.breed_folders(data_dir / "cat-breeds-extra") if (data_dir / "cat-breeds-extra").exists() else []
     groups = data.near_duplicate_groups([p.path for p in pets] + [p for p, _ in extra])
     val = [(p.path, p.breed) for p in pets if data.split_of("oxford/" + groups[p.path]) == "val"]
     train = [(p.path, p.breed) for p in pets if data.split_of("oxford/" + groups[p.path]) == "train"]
+    if select:
+        val = [(p, b) for p, b in train if data.split_of("select/" + groups[p], SELECT_PERCENT) == "val"]
+        train = [(p, b) for p, b in train if data.split_of("select/" + groups[p], SELECT_PERCENT) == "train"]
     val_groups = {groups[p] for p, _ in val}
     extra = [(p, b) for p, b in extra if groups[p] not in val_groups]
     return train, extra, val
@@ -158,13 +174,14 @@ def breed_metrics(pred: np.ndarray, labels: np.ndarray) -> dict:
     return {"top1": float((pred == labels).mean()), "macro_f1": float(np.mean(f1s)), "min_recall": float(min(recalls))}
 
 
-def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_items, epochs, rng, log, lr, val=None):
-    """Fine-tune the tail: each epoch one random view of every breed photo and a sample of the
-    catness photos. labels -1 = no breed label (Crawford cats, dogs)."""
+def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_items, epochs, rng, log, lr,
+        train_from, val=None):
+    """Fine-tune the tail from block `train_from`: each epoch one random view of every breed photo
+    and a sample of the catness photos. labels -1 = no breed label (Crawford cats, dogs)."""
     for p in model.parameters():
         p.requires_grad_(False)
     head = [model.fc, model.cat]
-    body = [*model.backbone._blocks[TAP + 1 :], model.backbone._conv_head, model.backbone._bn1]
+    body = [*model.backbone._blocks[train_from:], model.backbone._conv_head, model.backbone._bn1]
     for m in head + body:
         for p in m.parameters():
             p.requires_grad_(True)
@@ -191,7 +208,7 @@ def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_item
             schedule.set(step)
             idx = chosen[b * BATCH : (b + 1) * BATCH]
             photo = owners[idx]
-            breed_logits, cat_logit = tail(model, feats[idx].float())
+            breed_logits, cat_logit = tail(model, feats[idx].float(), train_from)
             y = labels[photo]
             has = y >= 0
             ce = F.cross_entropy(breed_logits[has], y[has], label_smoothing=LABEL_SMOOTHING, reduction="none")
@@ -214,9 +231,43 @@ def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_item
 @torch.no_grad()
 def predict(model, feats) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
-    outs = [tail(model, feats[i : i + 128].float()) for i in range(0, len(feats), 128)]
+    outs = [tail(model, feats[i : i + 128].float(), TAP + 1) for i in range(0, len(feats), 128)]
     return (torch.softmax(torch.cat([o[0] for o in outs]), 1).numpy(),
             torch.sigmoid(torch.cat([o[1] for o in outs])).numpy())
+
+
+def val_report_of(model, c, val_labels):
+    """What training logs each epoch (to watch it; never used to pick an epoch or a rule)."""
+    def report():
+        whole, cat_whole = predict(model, c["val_full"])
+        rows = c["val_face_rows"]
+        face = whole.copy()
+        if rows:
+            face[rows] = predict(model, c["val_face"])[0]
+        _, cat_dogs = predict(model, c["val_dogs"])
+        return {"val_whole_top1": breed_metrics(whole.argmax(1), val_labels)["top1"],
+                "val_face_or_whole_top1": breed_metrics(face.argmax(1), val_labels)["top1"],
+                "val_both_top1": breed_metrics(((face + whole) / 2).argmax(1), val_labels)["top1"],
+                "val_cat_rate": float((cat_whole >= CAT_THRESHOLD).mean()),
+                "val_dog_cat_rate": float((cat_dogs >= CAT_THRESHOLD).mean())}
+    return report
+
+
+def selection_report_of(model, c, full_views, face_views, labels):
+    """--select: breeds of the held-out training photos, face crop and whole photo averaged where
+    a face was found (as the product rule does for one face), else the whole photo."""
+    def report():
+        whole = predict(model, c["feats"][full_views])[0]
+        both = whole.copy()
+        with_face = [i for i, v in enumerate(face_views) if v is not None]
+        if with_face:
+            face = predict(model, c["feats"][[face_views[i] for i in with_face]])[0]
+            both[with_face] = (whole[with_face] + face) / 2
+        pred = both.argmax(1)
+        recall = {data.BREEDS[b]: round(float((pred[labels == b] == b).mean()), 3)
+                  for b in range(len(data.BREEDS)) if (labels == b).any()}
+        return {"select": breed_metrics(pred, labels), "select_recall": recall}
+    return report
 
 
 def main(argv=None):
@@ -224,6 +275,9 @@ def main(argv=None):
     parser.add_argument("--clean-epochs", type=int, default=CLEAN_EPOCHS)
     parser.add_argument("--no-extra", action="store_true", help="Oxford photos only")
     parser.add_argument("--backbone", default=BACKBONE, choices=["lite0", "lite2"])
+    parser.add_argument("--train-from", type=int, default=TRAIN_FROM, help="first fine-tuned block (> TAP)")
+    parser.add_argument("--select", action="store_true",
+                        help="train without the selection part of the Oxford training photos and report on it")
     args = parser.parse_args(argv)
     rng = loop.start(args)
     lr = LR * args.lr_scale
@@ -241,9 +295,11 @@ def main(argv=None):
 
     model = loop.initialised(CatBreedClassifier(pretrained_backbone(args.backbone)), args.init).eval()
     breed_photos = train + extra + val
-    # A run that finds this cache skips the views' random draws, so its later draws (and numbers)
-    # differ from a run from scratch; the shipped model came from a run from scratch.
-    cache = args.out / f"features-{args.backbone}-{len(train)}-{len(extra)}-{len(val)}-{len(dogs)}.pt"
+    # Runs beside each other share this cache (--select runs and the final one). A run that finds
+    # it skips the views' random draws, so its later draws (and numbers) differ from a run from
+    # scratch.
+    sizes = f"{len(train)}-{len(extra)}-{len(val)}-{len(dogs)}"
+    cache = args.out.parent / "breeds-cache" / f"features-{args.backbone}-tap{TAP}-{sizes}.pt"
     if cache.exists():
         c = torch.load(cache)
     else:
@@ -256,10 +312,12 @@ def main(argv=None):
         feats, owners = cache_features(model.backbone, photos, rng)
         val_faces = [i for i, box in enumerate(val_boxes) if box is not None]
         c = {"feats": feats, "owners": owners, "val_face_rows": val_faces,
+             "kinds": [k for _, _, kinds in photos for k in kinds],
              "val_full": cache_features(model.backbone, [(p, None, ["full"]) for p, _ in val], rng)[0],
              "val_face": cache_features(model.backbone, [(val[i][0], val_boxes[i], ["face"]) for i in val_faces],
                                         rng)[0],
              "val_dogs": cache_features(model.backbone, [(p, None, ["full"]) for p in val_dogs], rng)[0]}
+        cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(c, cache)
         print(f"cached features in {time.time() - t0:.0f}s", flush=True)
 
@@ -269,29 +327,29 @@ def main(argv=None):
     weights = torch.tensor([1.0] * n_train + [EXTRA_WEIGHT] * n_extra + [0.0] * (n_cats + len(dogs)))
     catness_items = np.arange(n_train + n_extra, n_train + n_extra + n_cats + len(dogs))
     val_labels = np.array([b for _, b in val])
-    first_view = {}
-    for v, o in enumerate(c["owners"].tolist()):
+    first_view: dict[int, int] = {}
+    face_view: dict[int, int] = {}
+    for v, (o, kind) in enumerate(zip(c["owners"].tolist(), c["kinds"])):
         first_view.setdefault(o, v)
-
-    def val_report():
-        whole, cat_whole = predict(model, c["val_full"])
-        rows = c["val_face_rows"]
-        face = whole.copy()
-        if rows:
-            face[rows] = predict(model, c["val_face"])[0]
-        _, cat_dogs = predict(model, c["val_dogs"])
-        return {"val_whole_top1": breed_metrics(whole.argmax(1), val_labels)["top1"],
-                "val_face_or_whole_top1": breed_metrics(face.argmax(1), val_labels)["top1"],
-                "val_both_top1": breed_metrics(((face + whole) / 2).argmax(1), val_labels)["top1"],
-                "val_cat_rate": float((cat_whole >= CAT_THRESHOLD).mean()),
-                "val_dog_cat_rate": float((cat_dogs >= CAT_THRESHOLD).mean())}
+        if kind == "face":
+            face_view[o] = v
+    usable = np.arange(n_train + n_extra)
+    report = val_report_of(model, c, val_labels)
+    if args.select:  # the selection part and its near-duplicates leave training; runs are compared on it
+        inner, extra_kept, selection = datasets(args.data, select=True)
+        training_paths = {p for p, _ in inner + extra_kept}
+        usable = np.array([i for i, (p, _) in enumerate(train + extra) if p in training_paths], dtype=int)
+        rows = [i for i, (p, _) in enumerate(train) if p in {q for q, _ in selection}]
+        report = selection_report_of(model, c, [first_view[i] for i in rows], [face_view.get(i) for i in rows],
+                                     labels[rows].numpy())
+        print(f"select: training on {len(usable)} breed photos, comparing on {len(rows)}", flush=True)
 
     with loop.JsonLog(args.out / "log.jsonl") as log:
         if n_extra and args.clean_epochs:
             print("cleaning the extra photos with an Oxford-only model", flush=True)
             judge = CatBreedClassifier(pretrained_backbone(args.backbone))
-            fit(judge, c["feats"], c["owners"], labels, weights, is_cat, np.arange(n_train), catness_items,
-                args.clean_epochs, rng, None, lr)
+            fit(judge, c["feats"], c["owners"], labels, weights, is_cat, usable[usable < n_train], catness_items,
+                args.clean_epochs, rng, None, lr, args.train_from)
             probs, _ = predict(judge, c["feats"][[first_view[i] for i in range(n_train, n_train + n_extra)]])
             extra_labels = labels[n_train : n_train + n_extra].numpy()
             contradicted = (probs.argmax(1) != extra_labels) & (probs.max(1) >= CONTRADICTED)
@@ -302,9 +360,12 @@ def main(argv=None):
                 "".join(f"{extra[i][0]}\t{data.BREEDS[extra_labels[i]]}\t{data.BREEDS[probs[i].argmax()]}\t{probs[i].max():.2f}\n"
                         for i in np.nonzero(contradicted)[0]))
             del judge
-        kept = np.nonzero(weights[: n_train + n_extra].numpy() > 0)[0]
+        kept = usable[weights[usable].numpy() > 0]
         fit(model, c["feats"], c["owners"], labels, weights, is_cat, kept, catness_items, args.epochs, rng, log,
-            lr, val_report)
+            lr, args.train_from, report)
+        final = {"final": report(), "train_from": args.train_from, "select": args.select}
+        log.write(final)
+        (args.out / "report.json").write_text(json.dumps(final, indent=1))
     torch.save({"model": model.state_dict(), "input": INPUT, "backbone": args.backbone}, args.out / "checkpoint.pt")
     return model
 
