@@ -1,12 +1,16 @@
 """The committed ONNX models on real photos: what a sticker app relies on."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from service.detection import iou
+from service.pipeline import load
 from service.runtime import ModelFileError, load_models
 
 from .conftest import MODELS, photo
@@ -106,12 +110,49 @@ def test_breed_lists_are_sorted_and_above_threshold(catface):
     assert all(s >= 0.05 for s in scores)
 
 
+MANIFEST = json.loads((MODELS / "manifest.json").read_text())
+
+
 def test_manifest_describes_every_model_file():
-    manifest = json.loads((MODELS / "manifest.json").read_text())
-    names = {m["name"] for m in manifest["models"] if m["format"] == "onnx"}
-    assert names == {"catface", "catlandmarks", "catbreeds"}
-    for entry in manifest["models"]:
+    onnx = [m for m in MANIFEST["models"] if m["format"] == "onnx"]
+    assert sorted(m["name"] for m in onnx) == ["catbreeds", "catface", "catlandmarks"]  # one served file each
+    for entry in MANIFEST["models"]:
         assert (MODELS / entry["file"]).stat().st_size == entry["bytes"]
+        assert entry["weights"] in (("float32", "int8") if entry["format"] == "onnx" else ("float16", "float32"))
+    for entry in onnx:  # an int8 file names the float export it was made from (the CoreML's reference)
+        if entry["weights"] == "int8":
+            reference = entry["float_reference"]
+            assert hashlib.sha256((MODELS / reference["file"]).read_bytes()).hexdigest() == reference["sha256"]
+
+
+def float_models(folder) -> object:
+    """The committed models folder with every int8 ONNX entry pointed back at its float export."""
+    manifest = json.loads(json.dumps(MANIFEST))
+    for entry in manifest["models"]:
+        shutil.copy(MODELS / entry["file"], folder)
+        if entry["format"] == "onnx" and entry["weights"] == "int8":
+            entry.update(entry.pop("float_reference"), weights="float32")
+            shutil.copy(MODELS / entry["file"], folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_int8_files_answer_as_their_float_exports(catface, tmp_path):
+    """What a user sees does not change with the precision: the same faces, boxes and landmarks
+    within 3% of the face (mean), the same best breed, on cats, dogs and a mosaic."""
+    reference = load(float_models(tmp_path), threads=1)
+    tiles = [photo(n).resize((320, 320)) for n in CATS + DOGS[:1]]
+    mosaic = Image.new("RGB", (640, 640))
+    for i, tile in enumerate(tiles):
+        mosaic.paste(tile, (320 * (i % 2), 320 * (i // 2)))
+    for image in [photo(n) for n in CATS + DOGS] + [mosaic]:
+        (got,), (want,) = catface.detect([image]), reference.detect([image])
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            side = max(w.box[2] - w.box[0], w.box[3] - w.box[1])
+            assert iou(g.box, w.box[None])[0] > 0.9 and abs(g.score - w.score) < 0.05
+            assert np.linalg.norm(g.landmarks - w.landmarks, axis=1).mean() < 0.03 * side  # measured <= 0.018
+            assert g.breeds[0][0] == w.breeds[0][0]
 
 
 def test_corrupted_model_stops_start_up(tmp_path):

@@ -53,7 +53,7 @@ def test_tiny_export_is_served_by_the_pipeline(runs, tmp_path):
     committed = json.loads((MODELS / "manifest.json").read_text())["models"]
     breeds = [e for e in committed if e["name"] == "catbreeds" and e["format"] == "onnx"]
     (models / "manifest.json").write_text(json.dumps({"models": breeds}))
-    export.main(["--runs", str(runs), "--out", str(models), "--only", "catface", "catlandmarks"])
+    export.main(["--runs", str(runs), "--out", str(models), "--only", "catface", "catlandmarks", "--data", str(DATA)])
 
     # The export is what the service loads: load it the service's way and run it on a photo.
     pipeline = load(models, threads=1)
@@ -76,7 +76,7 @@ def test_tiny_export_is_served_by_the_pipeline(runs, tmp_path):
 def test_tiny_breeds_export_is_served_by_the_pipeline(runs, tmp_path):
     from training import export
 
-    export.main(["--runs", str(runs), "--out", str(tmp_path / "models")])
+    export.main(["--runs", str(runs), "--out", str(tmp_path / "models"), "--data", str(DATA)])
     pipeline = load(tmp_path / "models", threads=1)
     image = photo(CATS[0])
     probabilities, cat = pipeline.classifier.run(pipeline.breed_inputs(image, []))

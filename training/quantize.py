@@ -1,13 +1,18 @@
-"""int8 ONNX files next to the float ones: static QDQ, per-channel weights, calibrated on
-training photos fed exactly as the service feeds them (its own stage functions).
+"""int8 ONNX files: static QDQ, per-channel weights, calibrated on training photos fed exactly as
+the service feeds them (its own stage functions). Only the backbone's MBConv blocks are
+quantized: the stem and the small heads stay float (most of the int8 error, little of the cost).
+
+`training.export` runs this for the models whose shipped weights are int8 (`export.WEIGHTS`):
+the manifest's ONNX entry then names `<model>.int8.onnx` (weights "int8") and keeps the float
+export it came from as `float_reference` (the file the CoreML model is checked against).
+
+Whether a model ships int8 is decided by measurement, on a copy of the models folder:
 
     python -m training.quantize --data ../shared/data --models models --out runs/int8
+    python -m training.evaluate --models runs/int8/models --out runs/int8
 
-Writes <out>/models/: a copy of the models folder whose manifest names <model>.int8.onnx in place
-of the float ONNX file of catface, catlandmarks and catbreeds. Whether one ships is decided by
-measurement: `python -m training.evaluate --models runs/int8/models --out runs/int8` on the
-validation split, against the float numbers (issue 17's bounds: detector recall and false faces
-within 0.5 point, landmark NME within 0.002, breeds top-1 and macro F1 within 0.5 point).
+against the float numbers (issue 17's bounds: detector recall and false faces within 0.5 point,
+landmark NME within 0.002, breeds top-1 and macro F1 within 0.5 point).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
@@ -37,35 +43,66 @@ class Rows(CalibrationDataReader):
         return next(self.rows, None)
 
 
-def calibration_rows(catface: CatFace, data_dir: Path, count: int) -> dict[str, list[np.ndarray]]:
-    """Model inputs from training photos: Crawford cats and dogs for the detector, the faces the
-    detector finds for the landmarker, photos and face crops of Oxford + extra cats and of dogs
-    for breeds."""
+def calibration_rows(catface: CatFace, data_dir: Path, count: int, names: list[str]) -> dict[str, list[np.ndarray]]:
+    """Inputs of the named models from training photos: Crawford cats and dogs for the detector,
+    the faces the detector finds for the landmarker, photos and face crops of Oxford + extra cats
+    and of dogs for breeds."""
     cats, dogs = split_sources(data_dir, "train")
-    detector_photos = [c.path for c in cats[:: max(1, len(cats) // count)]] + dogs[:: max(1, len(dogs) // (count // 4))]
-    train, extra, _ = breed_datasets(data_dir)
-    breed_photos = [p for p, _ in (train + extra)[:: max(1, len(train + extra) // count)]]
     rows: dict[str, list[np.ndarray]] = {"catface": [], "catlandmarks": [], "catbreeds": []}
-    for path in detector_photos:
-        image = Image.open(path).convert("RGB")
-        rows["catface"].append(catface.detector_input(image))
-        for face in catface.detect([image], breeds=False)[0][:1]:
-            rows["catlandmarks"].append(catface.landmark_input(image, face)[0])
-    # Dogs too: the classifier's cat output must see the range of its negatives (calibrated on
-    # cats alone, int8 answered `cat` for every validation dog photo).
-    for path in breed_photos + dogs[:: max(1, len(dogs) // (count // 2))]:
-        image = Image.open(path).convert("RGB")
-        faces = catface.detect([image], breeds=False)[0]
-        rows["catbreeds"].extend(catface.breed_inputs(image, faces[:1]))
+    if {"catface", "catlandmarks"} & set(names):
+        detector_photos = ([c.path for c in cats[:: max(1, len(cats) // count)]]
+                           + dogs[:: max(1, len(dogs) // (count // 4))])
+        for path in detector_photos:
+            image = Image.open(path).convert("RGB")
+            rows["catface"].append(catface.detector_input(image))
+            for face in catface.detect([image], breeds=False)[0][:1]:
+                rows["catlandmarks"].append(catface.landmark_input(image, face)[0])
+    if "catbreeds" in names:
+        train, extra, _ = breed_datasets(data_dir)
+        breed_photos = [p for p, _ in (train + extra)[:: max(1, len(train + extra) // count)]]
+        # Dogs too: the classifier's cat output must see the range of its negatives (calibrated
+        # on cats alone, int8 answered `cat` for every validation dog photo).
+        for path in breed_photos + dogs[:: max(1, len(dogs) // (count // 2))]:
+            image = Image.open(path).convert("RGB")
+            faces = catface.detect([image], breeds=False)[0]
+            rows["catbreeds"].extend(catface.breed_inputs(image, faces[:1]))
     return rows
 
 
-def quantize(source: Path, target: Path, rows: list[np.ndarray]) -> None:
+def outside_backbone(model: Path) -> list[str]:
+    """Nodes that stay float: everything but the backbone's MBConv blocks (the stem that sees the
+    pixels, and the small heads that make the outputs: most of the error, little of the cost)."""
+    return [n.name for n in onnx.load(str(model)).graph.node if "/_blocks." not in n.name]
+
+
+def quantize(source: Path, target: Path, rows: list[np.ndarray], backbone_only: bool) -> None:
     with tempfile.TemporaryDirectory() as work:
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # ONNX shape inference suffices
         quantize_static(str(prepared), str(target), Rows(rows), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        nodes_to_exclude=outside_backbone(prepared) if backbone_only else [])
+
+
+def float_source(models: Path, entry: dict) -> Path:
+    """The float ONNX file a model's int8 file is (re)made from."""
+    return models / entry.get("float_reference", entry)["file"]
+
+
+def quantize_into(models: Path, names: list[str], data_dir: Path, photos: int = 96, backbone_only: bool = True):
+    """Writes <name>.int8.onnx beside each float file in `models` and points the manifest's ONNX
+    entry of that model at it."""
+    catface = load(models)
+    rows = calibration_rows(catface, data_dir, photos, names)
+    manifest = json.loads((models / "manifest.json").read_text())
+    for name in names:
+        entry = next(m for m in manifest["models"] if m["name"] == name and m["format"] == "onnx")
+        source, target = float_source(models, entry), models / f"{name}.int8.onnx"
+        quantize(source, target, rows[name], backbone_only)
+        entry.update(file_facts(target), weights="int8", float_reference=file_facts(source))
+        print(f"{target}: {target.stat().st_size / 1e6:.2f} MB from {len(rows[name])} calibration rows "
+              f"({source.stat().st_size / 1e6:.2f} MB float)", flush=True)
+    (models / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def main(argv=None):
@@ -75,24 +112,14 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=Path("runs/int8"))
     parser.add_argument("--only", nargs="*", default=["catface", "catlandmarks", "catbreeds"])
     parser.add_argument("--photos", type=int, default=96, help="calibration photos per model")
+    parser.add_argument("--whole-graph", action="store_true",
+                        help="quantize the stem and heads too (default: only the backbone's blocks)")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    catface = load(args.models)
-    rows = calibration_rows(catface, args.data, args.photos)
     # A models folder like the shipped one with the int8 files in place of the float ones, for
     # `python -m training.evaluate --models <out>/models --out <out>` and the benchmarks.
     swapped = args.out / "models"
     shutil.copytree(args.models, swapped, dirs_exist_ok=True)
-    manifest = json.loads((swapped / "manifest.json").read_text())
-    for name in args.only:
-        source = args.models / catface.models[name].entry["file"]
-        target = swapped / f"{name}.int8.onnx"
-        quantize(source, target, rows[name])
-        entry = next(m for m in manifest["models"] if m["name"] == name and m["format"] == "onnx")
-        entry.update(file_facts(target), precision="int8")
-        print(f"{target}: {target.stat().st_size / 1e6:.2f} MB from {len(rows[name])} calibration rows "
-              f"({source.stat().st_size / 1e6:.2f} MB float)", flush=True)
-    (swapped / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    quantize_into(swapped, args.only, args.data, args.photos, backbone_only=not args.whole_graph)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from .nets import CatBreedClassifier, pretrained_backbone
 # ---- config -------------------------------------------------------------------------------
 BACKBONE = "lite2"
 INPUT = BREED_INPUT
-TAP = 11             # last block whose output is cached (end of the 88-channel stride-16 stage)
+TAP = 11             # last block whose output is cached (the first of the 120-channel stride-16 stage)
 TRAIN_FROM = 15      # first fine-tuned block (default: the depth catbreeds 2.0.0 was trained at)
 SELECT_PERCENT = 15  # --select: share of the Oxford training photos held out to compare runs
 RANDOM_CROPS = 3     # random resized crops per breed photo, beside full/flip/face/face-flip
@@ -364,7 +364,6 @@ def main(argv=None):
         fit(model, c["feats"], c["owners"], labels, weights, is_cat, kept, catness_items, args.epochs, rng, log,
             lr, args.train_from, report)
         final = {"final": report(), "train_from": args.train_from, "select": args.select}
-        log.write(final)
         (args.out / "report.json").write_text(json.dumps(final, indent=1))
     torch.save({"model": model.state_dict(), "input": INPUT, "backbone": args.backbone}, args.out / "checkpoint.pt")
     return model
