@@ -25,6 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.pipeline import load  # noqa: E402
+from service.runtime import OnnxModel  # noqa: E402
 from training.haar import haar_cascade, haar_faces  # noqa: E402
 
 
@@ -51,18 +52,24 @@ def main():
     paths = sorted(glob.glob(str(args.data / "crawford" / "CAT_01" / "*.jpg")))[:8]
     photos = [Image.open(p).convert("RGB").resize((640, 480), Image.BILINEAR) for p in paths]
 
-    print(f"{'model':<14}{'input':>10}{'MB':>8}{'batch 1 ms/img':>16}{'batch 8 ms/img':>16}")
+    print(f"{'model':<24}{'input':>10}{'MB':>8}{'batch 1 ms/img':>16}{'batch 8 ms/img':>16}")
     rows = []
     for name, model in catface.models.items():
         h, w = model.input_size
         one = np.random.default_rng(0).uniform(0, 255, (1, 3, h, w)).astype(np.float32)
         eight = np.repeat(one, 8, 0)
-        b1 = median_ms(lambda model=model, one=one: model.run(one), args.repeats)
-        b8 = median_ms(lambda model=model, eight=eight: model.run(eight), args.repeats) / 8
-        size = (args.models / model.entry["file"]).stat().st_size / 1e6
-        print(f"{name:<14}{f'{w}x{h}':>10}{size:>8.2f}{b1:>16.2f}{b8:>16.2f}")
-        rows.append({"model": name, "input": f"{w}x{h}", "mb": round(size, 2), "batch1_ms": round(b1, 2),
-                     "batch8_ms_per_image": round(b8, 2)})
+        # An int8 file is timed beside the float export it was made from, in the same loop.
+        files = [(model.entry["weights"], model)]
+        if "float_reference" in model.entry:
+            entry = {**model.entry, **model.entry["float_reference"]}
+            files.append(("float32", OnnxModel(entry, args.models / entry["file"], args.threads)))
+        for weights, session in files:
+            b1 = median_ms(lambda session=session, one=one: session.run(one), args.repeats)
+            b8 = median_ms(lambda session=session, eight=eight: session.run(eight), args.repeats) / 8
+            size = (args.models / session.entry["file"]).stat().st_size / 1e6
+            print(f"{f'{name} ({weights})':<24}{f'{w}x{h}':>10}{size:>8.2f}{b1:>16.2f}{b8:>16.2f}")
+            rows.append({"model": name, "weights": weights, "served": session is model, "input": f"{w}x{h}",
+                         "mb": round(size, 2), "batch1_ms": round(b1, 2), "batch8_ms_per_image": round(b8, 2)})
 
     cascade = haar_cascade()
     arrays = [np.asarray(p) for p in photos]

@@ -96,8 +96,9 @@ def measurements() -> list[str]:
     lines = []
     models = newest("models-*.json")
     if models:
-        per = ", ".join(f"{m['model']} {m['batch1_ms']:.1f} ms at batch 1 ({m['batch8_ms_per_image']:.1f} at batch 8)"
-                        for m in models["models"])
+        per = ", ".join(f"{m['model']}{' (' + m['weights'] + ')' if 'weights' in m else ''} {m['batch1_ms']:.1f} ms "
+                        f"at batch 1 ({m['batch8_ms_per_image']:.1f} at batch 8)"
+                        + ("" if m.get("served", True) else ", not served") for m in models["models"])
         photo = models["per_640x480_photo_ms"]
         ours, haar = photo["detector_landmarks_one"], photo["haar"]
         lines += [f"`benchmarks/bench_models.py` ({models['date']}, {models['threads']} threads; "
