@@ -39,16 +39,17 @@ class Analyzer:
                 self.pipeline.breed_inputs(photo.image, faces))
 
     async def detect(self, photo: Photo, deadline: float | None = None) -> list[Face]:
-        """Faces best first, with landmarks and breeds, in the original photo's pixels."""
+        """Cat faces best first, with landmarks and breeds, in the original photo's pixels (faces
+        the classifier calls not-a-cat left out: CatFace.cat_faces)."""
         faces = await self._faces(photo, deadline)
         if faces:
             crops, matrices, breed_inputs = await self._on_pixels(self._face_inputs, photo, faces)
-            (points,), (probabilities, _) = await _both(
+            (points,), (probabilities, cat) = await _both(
                 self.batchers["catlandmarks"].submit(crops, deadline),
                 self.batchers["catbreeds"].submit(breed_inputs, deadline))
-            for face, out, matrix, breeds in zip(faces, points, matrices, self.pipeline.face_breeds(probabilities)):
+            for face, out, matrix in zip(faces, points, matrices):
                 face.landmarks = self.pipeline.landmarks_from(out, matrix)
-                face.breeds = breeds
+            faces = self.pipeline.cat_faces(faces, probabilities, cat[:, 0])
         sx, sy = photo.scale
         return [face.scaled(sx, sy) for face in faces]
 

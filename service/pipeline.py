@@ -97,6 +97,15 @@ class CatFace:
             return [self.breeds_from((crops[0] + whole) / 2)]
         return [self.breeds_from(p) for p in crops]
 
+    def cat_faces(self, faces: list[Face], probabilities: np.ndarray, cat_scores: np.ndarray) -> list[Face]:
+        """The faces whose crop the classifier calls a cat (cat output >= cat_threshold), each with
+        its breeds, from the rows of breed_inputs. A dog's face the detector took for a cat's
+        goes, as /breeds already answers such a photo `cat: false`."""
+        kept = [i for i in range(len(faces)) if cat_scores[i] >= self.cat_threshold]
+        for i, breeds in zip(kept, self.face_breeds(probabilities[[*kept, len(faces)]])):
+            faces[i].breeds = breeds
+        return [faces[i] for i in kept]
+
     @staticmethod
     def photo_probabilities(probabilities: np.ndarray) -> np.ndarray:
         """Breed probabilities of the whole photo from the rows of breed_inputs."""
@@ -117,7 +126,9 @@ class CatFace:
 
     # ---- synchronous batch API ---------------------------------------------------------------
     def detect(self, images: list[Image.Image], breeds: bool = True) -> list[list[Face]]:
-        """Every cat face in each RGB photo, best first, with landmarks and (optionally) breeds."""
+        """Every cat face in each RGB photo, best first, with landmarks and breeds, as /detect
+        answers (faces the classifier calls not-a-cat left out); breeds=False: the detector's
+        faces alone, with landmarks (what the Core ML detector finds)."""
         if not images:
             return []
         scores, boxes = self.detector.run(np.stack([self.detector_input(im) for im in images]))
@@ -129,14 +140,14 @@ class CatFace:
             for (_, face), (_, matrix), out in zip(pairs, crops, points):
                 face.landmarks = self.landmarks_from(out, matrix)
             if breeds:
-                with_faces = [(im, faces) for im, faces in zip(images, found) if faces]
-                rows = [self.breed_inputs(im, faces) for im, faces in with_faces]
-                probs, _ = self.classifier.run(np.concatenate(rows))
+                rows = [self.breed_inputs(im, faces) if faces else None for im, faces in zip(images, found)]
+                probs, cat = self.classifier.run(np.concatenate([r for r in rows if r is not None]))
                 start = 0
-                for (_, faces), r in zip(with_faces, rows):
-                    for face, ranked in zip(faces, self.face_breeds(probs[start : start + len(r)])):
-                        face.breeds = ranked
-                    start += len(r)
+                for n, r in enumerate(rows):
+                    if r is not None:
+                        part = slice(start, start + len(r))
+                        found[n] = self.cat_faces(found[n], probs[part], cat[part, 0])
+                        start += len(r)
         return found
 
     def classify(self, images: list[Image.Image]) -> list[PhotoBreeds]:

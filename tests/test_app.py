@@ -17,6 +17,7 @@ from service.schemas import LANDMARK_NAMES
 
 from .conftest import (
     CATS,
+    EARED_DOG,
     PROFILE_CAT,
     STORED_FROM_UPRIGHT,
     LiveApp,
@@ -79,6 +80,15 @@ def test_dog_photos_give_no_face_and_no_breeds(live, dog_bytes):
         answer = post_photo(live, data, url="/breeds").json()
         assert (answer["cat"], answer["faces"], answer["breeds"]) == (False, 0, [])
         assert answer["cat_score"] < 0.5 and answer["based_on"] == "photo"
+
+
+def test_a_dog_face_the_detector_takes_for_a_cat_gets_no_face(live):
+    """An upright-eared dog (a validation photo): the detector alone boxes its face, the breed
+    classifier calls the crop not-a-cat, so /detect answers no face, as /breeds answers no cat."""
+    dog = photo(EARED_DOG)
+    assert live.state.analyzer.pipeline.detect([dog], breeds=False)[0], "the detector alone finds a face"
+    assert post_photo(live, encode(dog)).json()["faces"] == []
+    assert post_photo(live, encode(dog), url="/breeds").json()["cat"] is False
 
 
 def test_breeds_of_a_cat_photo(live, cat_bytes):

@@ -13,7 +13,7 @@ from service.detection import iou
 from service.pipeline import load
 from service.runtime import ModelFileError, load_models
 
-from .conftest import MODELS, photo
+from .conftest import EARED_DOG, MODELS, photo
 
 # Validation-split photos (see training/data.py), never trained on.
 CATS = ["crawford/CAT_01/00000138_000.jpg", "crawford/CAT_01/00000177_013.jpg", "crawford/CAT_01/00000251_007.jpg"]
@@ -45,6 +45,18 @@ def test_cat_photo_gives_one_face_with_landmarks_in_place(catface, name):
 @pytest.mark.parametrize("name", DOGS)
 def test_dog_photo_gives_no_face(catface, name):
     assert catface.detect([photo(name)])[0] == []
+
+
+def test_a_dog_face_the_classifier_calls_not_a_cat_is_left_out(catface):
+    dog = photo(EARED_DOG)
+    (detected,) = catface.detect([dog], breeds=False)  # the detector alone, as on the phone
+    assert len(detected) == 1
+    assert catface.detect([dog])[0] == []
+    # the rule itself: a face stays when its crop's cat output reaches the threshold
+    faces = [detected[0], catface.detect([photo(CATS[0])], breeds=False)[0][0]]
+    probabilities = np.full((3, len(catface.breed_labels)), 1 / len(catface.breed_labels))
+    kept = catface.cat_faces(faces, probabilities, np.array([catface.cat_threshold - 0.01, catface.cat_threshold, 0.0]))
+    assert kept == [faces[1]] and kept[0].breeds
 
 
 def test_mosaic_of_three_cats_gives_three_faces(catface):

@@ -136,7 +136,8 @@ def breeds_entry(size: int) -> dict:
         "report_threshold": BREED_REPORT_THRESHOLD,
         "cat_threshold": CAT_THRESHOLD,
         "product_rule": "one face found: its crop and the whole photo averaged; otherwise the whole photo. "
-                        "The photo shows a cat when `cat` >= cat_threshold for the photo or a face's crop",
+                        "The photo shows a cat when `cat` >= cat_threshold for the photo or a face's crop; "
+                        "/detect keeps a face only when `cat` >= cat_threshold for its crop",
     }
 
 

@@ -326,7 +326,10 @@ def main(argv=None):
                                                  "max_faces); the containment rule is the app's (Core ML's NMS has "
                                                  "none: drop a face when containment_threshold of the smaller box "
                                                  "lies inside a better face's); multiply by the photo's "
-                                                 "width/height and clamp to it"}
+                                                 "width/height and clamp to it. The server also leaves out a "
+                                                 "face whose crop the ONNX classifier's cat output calls "
+                                                 "not-a-cat; catbreeds.mlmodel has no cat output, so the phone "
+                                                 "keeps such faces"}
         print(f"catface: max |numpy(spec) - torch| {diff:.2g}")
     if "catlandmarks" in args.only:
         model, size = load_checkpoint(CatLandmarker, args.runs / "landmarks" / "checkpoint.pt")

@@ -176,7 +176,10 @@ def write_card(results: dict, models_dir: Path) -> None:
         lines.append(f"| {row['detector']} | {row['recall_iou50']:.3f} | {row['precision_iou50']:.3f} | "
                      f"{row['face_found_rate']:.3f} | {row['false_faces_per_dog_photo']:.3f} | "
                      f"{row.get('photos_with_two_boxes_on_one_face', '')} |")
-    lines += ["", *mosaic_table(det, "mosaic", "Several cats per photo (40 mosaics of 2x2 tiles: three validation cats "
+    lines += ["", "'catface' is the detector alone (what the Core ML model finds); 'catface + cat check' is what "
+              "/detect answers: a face stays only when the breed classifier's cat output on its crop is >= "
+              f"{catface_cat_threshold(manifest):g} (the classifier's cat output, never tuned on this split).",
+              "", *mosaic_table(det, "mosaic", "Several cats per photo (40 mosaics of 2x2 tiles: three validation cats "
                                                "and a dog, 640x640):")]
     small = det[0].get("small_faces")
     if small:
