@@ -26,6 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import REPO, machine  # noqa: E402
+from service.runtime import read_manifest  # noqa: E402
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -43,7 +44,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, required=True, help="the catbreeds.onnx shipped before")
     parser.add_argument("--candidate", type=Path, default=REPO / "models" / "catbreeds.onnx")
-    parser.add_argument("--detector", type=Path, default=REPO / "models" / "catface.onnx")
+    served = {m["name"]: m["file"] for m in read_manifest(REPO / "models")["models"] if m["format"] == "onnx"}
+    parser.add_argument("--detector", type=Path, default=REPO / "models" / served["catface"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=10)

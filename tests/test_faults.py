@@ -47,8 +47,13 @@ def _missing(folder):
     (folder / "catlandmarks.onnx").unlink()
 
 
+# The ONNX file the server runs for the detector (int8 or float: the manifest says).
+SERVED_DETECTOR = next(m["file"] for m in json.loads((MODELS / "manifest.json").read_text())["models"]
+                       if m["name"] == "catface" and m["format"] == "onnx")
+
+
 def _corrupted(folder):
-    target = folder / "catface.onnx"
+    target = folder / SERVED_DETECTOR
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit, same size: only the sha256 can tell
     target.unlink()
@@ -57,7 +62,7 @@ def _corrupted(folder):
 
 @pytest.mark.parametrize("change, file, words", [
     (_missing, "catlandmarks.onnx", "missing"),
-    (_corrupted, "catface.onnx", "does not match the manifest"),
+    (_corrupted, SERVED_DETECTOR, "does not match the manifest"),
 ])
 def test_bad_model_file_stops_start_up_naming_the_file(tmp_path, change, file, words):
     models = _models_copy(tmp_path, change)
