@@ -156,6 +156,8 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=Path("models"))
     parser.add_argument("--only", nargs="*", default=["catface", "catlandmarks", "catbreeds"])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="calibration photos for int8")
+    parser.add_argument("--float-only", action="store_true",
+                        help="no int8 files (the intermediate detectors that label photos ran float)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -176,7 +178,7 @@ def main(argv=None):
     update_manifest(args.out, [{**e, "weights": "float32"} for e in entries])
     for e in entries:
         print(f"{e['file']}: {e['bytes'] / 1e6:.2f} MB sha256 {e['sha256'][:12]}")
-    int8 = [n for n in args.only if WEIGHTS[n] == "int8"]
+    int8 = [] if args.float_only else [n for n in args.only if WEIGHTS[n] == "int8"]
     if int8:
         from .quantize import quantize_into  # (quantize reads export's file facts)
 
