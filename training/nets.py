@@ -59,7 +59,7 @@ class MBConv(nn.Module):
 
 class EfficientNetLite0(nn.Module):
     """The backbone; `features` returns the outputs of chosen blocks (Lite0: block 4 = stride 8,
-    block 10 = stride 16, block 15 = stride 32; Lite2: 7, 14, 20). Parameter names match the
+    block 10 = stride 16, block 15 = stride 32; Lite2: 6, 14, 20). Parameter names match the
     PyPI state dict."""
 
     def __init__(self, variant: str = "lite0"):
