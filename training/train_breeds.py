@@ -127,13 +127,18 @@ def tail(model: CatBreedClassifier, features: torch.Tensor, train_from: int) -> 
     return model.fc(embedding), model.cat(embedding)[:, 0]
 
 
-def datasets(data_dir: Path, select: bool = False):
-    """Breed photos: Oxford train, extra (noisy, training only), Oxford validation. With `select`,
-    the third list is the selection part of the Oxford training photos instead (and the first
-    and second lists leave it and its near-duplicates out)."""
+def labelled_photos(data_dir: Path):
+    """The Oxford cat photos, the extra photos (path, breed), and every photo's near-duplicate
+    group (one pass over all of them: it reads every file)."""
     pets = [p for p in data.oxford_pets(data_dir / "oxford-iiit-pet") if p.species == "cat"]
     extra = data.breed_folders(data_dir / "cat-breeds-extra") if (data_dir / "cat-breeds-extra").exists() else []
-    groups = data.near_duplicate_groups([p.path for p in pets] + [p for p, _ in extra])
+    return pets, extra, data.near_duplicate_groups([p.path for p in pets] + [p for p, _ in extra])
+
+
+def splits(pets, extra, groups, select: bool = False):
+    """Oxford train, extra (noisy, training only; near-duplicates of the third list left out),
+    Oxford validation. With `select`, the third list is the selection part of the Oxford
+    training photos instead, and the first list leaves it out."""
     val = [(p.path, p.breed) for p in pets if data.split_of("oxford/" + groups[p.path]) == "val"]
     train = [(p.path, p.breed) for p in pets if data.split_of("oxford/" + groups[p.path]) == "train"]
     if select:
@@ -142,6 +147,11 @@ def datasets(data_dir: Path, select: bool = False):
     val_groups = {groups[p] for p, _ in val}
     extra = [(p, b) for p, b in extra if groups[p] not in val_groups]
     return train, extra, val
+
+
+def datasets(data_dir: Path):
+    """Breed photos: Oxford train, extra (noisy, training only), Oxford validation."""
+    return splits(*labelled_photos(data_dir))
 
 
 def catness_sources(data_dir: Path, split: str) -> tuple[list[Path], list[Path]]:
@@ -282,7 +292,8 @@ def main(argv=None):
     rng = loop.start(args)
     lr = LR * args.lr_scale
 
-    train, extra, val = datasets(args.data)
+    labelled = labelled_photos(args.data)
+    train, extra, val = splits(*labelled)
     crawford_cats, dogs = catness_sources(args.data, "train")
     _, val_dogs = catness_sources(args.data, "val")  # (validation cats are the Oxford ones)
     if args.no_extra:
@@ -336,10 +347,10 @@ def main(argv=None):
     usable = np.arange(n_train + n_extra)
     report = val_report_of(model, c, val_labels)
     if args.select:  # the selection part and its near-duplicates leave training; runs are compared on it
-        inner, extra_kept, selection = datasets(args.data, select=True)
-        training_paths = {p for p, _ in inner + extra_kept}
+        inner, extra_kept, selection = splits(*labelled, select=True)
+        training_paths, selection_paths = {p for p, _ in inner + extra_kept}, {p for p, _ in selection}
         usable = np.array([i for i, (p, _) in enumerate(train + extra) if p in training_paths], dtype=int)
-        rows = [i for i, (p, _) in enumerate(train) if p in {q for q, _ in selection}]
+        rows = [i for i, (p, _) in enumerate(train) if p in selection_paths]
         report = selection_report_of(model, c, [first_view[i] for i in rows], [face_view.get(i) for i in rows],
                                      labels[rows].numpy())
         print(f"select: training on {len(usable)} breed photos, comparing on {len(rows)}", flush=True)
