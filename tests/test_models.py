@@ -59,13 +59,17 @@ def test_a_dog_face_the_classifier_calls_not_a_cat_is_left_out(catface):
     assert kept == [faces[1]] and kept[0].breeds
 
 
+def three_cats_and_a_dog() -> Image.Image:
+    """A 640x640 mosaic of 2x2 tiles: the three cats, then a dog bottom right."""
+    mosaic = Image.new("RGB", (640, 640))
+    for i, name in enumerate(CATS + DOGS[:1]):
+        mosaic.paste(photo(name).resize((320, 320)), (320 * (i % 2), 320 * (i // 2)))
+    return mosaic
+
+
 def test_mosaic_of_three_cats_gives_three_faces(catface):
     """2x2 tiles: three cats and a dog -> three faces, one per cat tile."""
-    tiles = [photo(n).resize((320, 320)) for n in CATS + DOGS[:1]]
-    mosaic = Image.new("RGB", (640, 640))
-    for i, tile in enumerate(tiles):
-        mosaic.paste(tile, (320 * (i % 2), 320 * (i // 2)))
-    faces = catface.detect([mosaic])[0]
+    faces = catface.detect([three_cats_and_a_dog()])[0]
     assert len(faces) == 3
     cells = sorted(int((f.box[0] + f.box[2]) / 2 // 320) + 2 * int((f.box[1] + f.box[3]) / 2 // 320) for f in faces)
     assert cells == [0, 1, 2]
@@ -153,11 +157,7 @@ def test_int8_files_answer_as_their_float_exports(catface, tmp_path):
     """What a user sees does not change with the precision: the same faces, boxes and landmarks
     within 3% of the face (mean), the same best breed, on cats, dogs and a mosaic."""
     reference = load(float_models(tmp_path), threads=1)
-    tiles = [photo(n).resize((320, 320)) for n in CATS + DOGS[:1]]
-    mosaic = Image.new("RGB", (640, 640))
-    for i, tile in enumerate(tiles):
-        mosaic.paste(tile, (320 * (i % 2), 320 * (i // 2)))
-    for image in [photo(n) for n in CATS + DOGS] + [mosaic]:
+    for image in [photo(n) for n in CATS + DOGS] + [three_cats_and_a_dog()]:
         (got,), (want,) = catface.detect([image]), reference.detect([image])
         assert len(got) == len(want)
         for g, w in zip(got, want):
