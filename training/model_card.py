@@ -90,7 +90,7 @@ def newest(pattern: str) -> dict | None:
     return json.loads(files[-1].read_text()) if files else None
 
 
-def measurements() -> list[str]:
+def measurements(manifest: dict) -> list[str]:
     """Speed lines from the newest results files of benchmarks/bench_models.py and
     benchmarks/bench_breeds.py (each names its date and file)."""
     lines = []
@@ -115,18 +115,20 @@ def measurements() -> list[str]:
     gates = newest("int8-gates-*.json")
     if gates:
         rows = [f"| {g['model']} | {g['metric']} | {g['float']:.4f} | {g['int8']:.4f} | "
-                f"{'reported' if g['ok'] is None else ('within' if g['ok'] else 'OVER') + ' ' + str(abs(g['bound']))} |"
+                f"{'reported' if g['ok'] is None else ('within' if g['ok'] else 'OVER') + ' ' + str(g['bound'])} |"
                 for g in gates["gates"]]
         lines += ["Precision (`benchmarks/int8_gates.py`, "
                   f"`benchmarks/results/int8-gates-{gates['date']}.json`): every model quantized to int8 (static "
                   "QDQ, per-channel, the backbone's blocks only; `training/quantize.py`), then validated like the "
                   "float files:", "",
                   "| model | validation metric | float | int8 | issue 17's bound |", "|---|---|---|---|---|", *rows, "",
-                  "All three keep issue 17's bounds, but only catface ships int8 (its numbers did not move): int8 "
-                  "catlandmarks crosses the detector issue's 9-point NME line of 0.07 and int8 catbreeds answers "
-                  "`cat` for twice as many dog photos (over the breeds issue's 2%), so both stay float32. The "
-                  "manifest says each file's weights; the Core ML files stay float16 and are checked against the "
-                  "float ONNX export of the same weights (an int8 entry's `float_reference`).", ""]
+                  "Served ONNX weights (the manifest's `weights`): "
+                  + ", ".join(f"{m['name']} {m['weights']}" for m in manifest["models"] if m["format"] == "onnx")
+                  + ". All three keep issue 17's bounds; catface's numbers did not move, while int8 catlandmarks "
+                  "crosses the detector issue's 9-point NME line of 0.07 and int8 catbreeds answers `cat` for "
+                  "twice as many dog photos (over the breeds issue's 2%). The Core ML files stay float16 and are "
+                  "checked against the float ONNX export of the same weights (an int8 entry's `float_reference`).",
+                  ""]
     return ["## Speed", "", *lines] if lines else []
 
 
@@ -305,7 +307,7 @@ def write_card(results: dict, models_dir: Path) -> None:
         "",
         "![breeds confusion matrix](breeds_confusion.png)",
         "",
-        *measurements(),
+        *measurements(manifest),
         "## Data and licences",
         "",
         DATA_TABLE,
