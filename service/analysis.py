@@ -27,11 +27,17 @@ class Analyzer:
     async def _on_pixels(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pixels, fn, *args)
 
-    async def _faces(self, photo: Photo, deadline: float | None) -> list[Face]:
+    async def _faces(self, photo: Photo, deadline: float | None, zoom: bool = True) -> list[Face]:
         cf = self.pipeline
         x = await self._on_pixels(cf.detector_input, photo.image)
         scores, boxes = await self.batchers["catface"].submit(x[None], deadline)
-        return cf.faces_from(scores[0], boxes[0], photo.image)
+        faces = cf.faces_from(scores[0], boxes[0], photo.image)
+        windows = cf.zoom_windows(faces, photo.image)
+        if zoom and len(windows):  # the closer look over tiles (CatFace.faces)
+            x = await self._on_pixels(cf.tile_inputs, photo.image, windows)
+            scores, boxes = await self.batchers["catface"].submit(x, deadline)
+            faces = cf.zoomed_faces(faces, windows, scores, boxes, photo.image)
+        return faces
 
     def _face_inputs(self, photo: Photo, faces: list[Face]):
         crops = [self.pipeline.landmark_input(photo.image, face) for face in faces]
@@ -55,8 +61,9 @@ class Analyzer:
 
     async def breeds(self, photo: Photo, deadline: float | None = None) -> PhotoBreeds:
         """Whether the whole photo shows a cat, and its breeds: every photo gets an answer, with
-        or without a face found (CatFace.photo_breeds says how)."""
-        faces = await self._faces(photo, deadline)
+        or without a face found (CatFace.photo_breeds says how); the whole-photo pass only, as
+        CatFace.classify."""
+        faces = await self._faces(photo, deadline, zoom=False)
         x = await self._on_pixels(self.pipeline.breed_inputs, photo.image, faces)
         probabilities, cat = await self.batchers["catbreeds"].submit(x, deadline)
         return self.pipeline.photo_breeds(probabilities, cat[:, 0])

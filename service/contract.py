@@ -21,6 +21,20 @@ IOU_THRESHOLD = 0.3
 CONTAINMENT_THRESHOLD = 0.7
 MAX_FACES = 20  # the best MAX_FACES faces after NMS are kept
 
+# A second, closer look (the server's; the phone's Core ML pipeline makes the one pass). When the
+# whole-photo pass finds no face (a far-away cat?) the detector runs again on ZOOM_GRID_NONE x
+# ZOOM_GRID_NONE overlapping tiles; when it finds a face under ZOOM_BELOW px at DETECTOR_INPUT
+# (the stride-8 level's range: where one small face is, more may sit unseen), on ZOOM_GRID_SMALL x
+# ZOOM_GRID_SMALL. Each tile is stretched to DETECTOR_INPUT; neighbours share ZOOM_OVERLAP /
+# (grid - 1) of the photo's side, so a face up to that size lies whole in one tile, and a tile's
+# box within ZOOM_EDGE px of an inner edge is a cut face and goes. All faces then meet in one NMS.
+# Chosen on training-split photos (the model card has the numbers), never on validation.
+ZOOM_BELOW = 48
+ZOOM_GRID_NONE = 2
+ZOOM_GRID_SMALL = 3
+ZOOM_OVERLAP = 0.2
+ZOOM_EDGE = 2
+
 # catlandmarks: a square of LANDMARK_CROP_SCALE x the face box's longer side, centred on the
 # box, resized to LANDMARK_INPUT x LANDMARK_INPUT.
 LANDMARK_CROP_SCALE = 1.4

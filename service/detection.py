@@ -1,6 +1,7 @@
 """Post-processing of the catface detector's outputs: score threshold, then non-maximum
-suppression with a containment rule. Shared by the server and by training's evaluation so both
-count the same faces."""
+suppression with a containment rule, and the geometry of the closer second look over tiles
+(contract.ZOOM_*). Shared by the server and by training's evaluation so both count the same
+faces."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,3 +51,31 @@ def select_faces(scores: np.ndarray, boxes: np.ndarray, score_threshold: float,
     candidates = np.nonzero(scores >= score_threshold)[0]
     kept = candidates[nms(boxes[candidates], scores[candidates], iou_threshold, containment)][:max_faces]
     return np.clip(boxes[kept], 0.0, 1.0), scores[kept]
+
+
+def zoom_grid(face_sides: np.ndarray, below: float, grid_none: int, grid_small: int) -> int:
+    """How closely to look again, from the sides (px at the detector input) of the faces the
+    whole-photo pass kept: grid_none tiles a side when it found none, grid_small when one is
+    under `below` px, else 0 (no second look)."""
+    if len(face_sides) == 0:
+        return grid_none
+    return grid_small if float(np.min(face_sides)) < below else 0
+
+
+def tiles(grid: int, overlap: float) -> np.ndarray:
+    """(grid * grid, 4) overlapping windows normalised to the photo, row-major: each
+    (1 + overlap) / grid of the side, so neighbours share overlap / (grid - 1) of it."""
+    side = (1 + overlap) / grid
+    starts = np.linspace(0.0, 1.0 - side, grid)
+    return np.array([(x, y, x + side, y + side) for y in starts for x in starts], np.float32)
+
+
+def from_tile(window: np.ndarray, boxes: np.ndarray, edge: float) -> tuple[np.ndarray, np.ndarray]:
+    """A tile's kept boxes (normalised to the tile) -> the same boxes normalised to the photo,
+    and which to keep: a box within `edge` (normalised) of an edge the tile shares with a
+    neighbour is a face the tile cuts (the neighbour holds it whole)."""
+    inner = np.concatenate([window[:2] > 0, window[2:] < 1])  # left, top, right, bottom
+    near = np.concatenate([boxes[:, :2] < edge, boxes[:, 2:] > 1 - edge], axis=1)
+    whole = ~np.any(near & inner, axis=1)
+    side = window[2:] - window[:2]
+    return boxes * np.tile(side, 2) + np.tile(window[:2], 2), whole

@@ -15,7 +15,7 @@ from PIL import Image
 
 from . import geometry
 from .contract import BREED_CROP_SCALE
-from .detection import select_faces
+from .detection import from_tile, nms, select_faces, tiles, zoom_grid
 from .geometry import to_chw
 from .runtime import DEFAULT_MODELS_DIR, OnnxModel, load_models
 
@@ -48,6 +48,7 @@ class CatFace:
         self.score_threshold, self.iou_threshold = post["score_threshold"], post["iou_threshold"]
         self.containment = post["containment_threshold"]
         self.max_faces = post["max_faces"]
+        self.zoom = post.get("zoom")  # a manifest without it (catface 1.0.0's): no second look
         self.crop_scale = self.landmarker.entry["inputs"][0]["crop"]["scale"]
         self.breed_labels = self.classifier.entry["labels"]
         self.breed_threshold = self.classifier.entry["report_threshold"]
@@ -62,6 +63,38 @@ class CatFace:
                                                 self.max_faces)
         w, h = image.size
         return [Face((b * [w, h, w, h]).astype(np.float32), float(s)) for b, s in zip(kept, kept_scores)]
+
+    def zoom_windows(self, faces: list[Face], image: Image.Image) -> np.ndarray:
+        """The tiles (normalised windows) of the closer second look after the whole-photo pass
+        found `faces`; none when it needs no second look (the manifest's postprocess.zoom)."""
+        if not self.zoom:
+            return np.zeros((0, 4), np.float32)
+        w, h = image.size
+        sides = [max((f.box[2] - f.box[0]) / w, (f.box[3] - f.box[1]) / h) * self.detector.input_size[0] for f in faces]
+        grid = zoom_grid(np.array(sides), self.zoom["below_px"], self.zoom["grid_none"], self.zoom["grid_small"])
+        return tiles(grid, self.zoom["overlap"]) if grid else np.zeros((0, 4), np.float32)
+
+    def tile_inputs(self, image: Image.Image, windows: np.ndarray) -> np.ndarray:
+        w, h = image.size
+        return np.stack([self.detector_input(image.crop(tuple(np.round(win * [w, h, w, h]).astype(int))))
+                         for win in windows])
+
+    def zoomed_faces(self, faces: list[Face], windows: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
+                     image: Image.Image) -> list[Face]:
+        """The whole-photo pass's faces and the tiles' (detector outputs per window) in one NMS."""
+        w, h = image.size
+        found = [np.array([f.box / [w, h, w, h] for f in faces], np.float32).reshape(-1, 4)]
+        confidence = [np.array([f.score for f in faces], np.float32)]
+        edge = self.zoom["edge_px"] / self.detector.input_size[0]
+        for window, s, b in zip(windows, scores, boxes):
+            kept, kept_scores = select_faces(s, b, self.score_threshold, self.iou_threshold, self.containment,
+                                             self.max_faces)
+            placed, whole = from_tile(window, kept, edge)
+            found.append(placed[whole])
+            confidence.append(kept_scores[whole])
+        all_boxes, all_scores = np.concatenate(found), np.concatenate(confidence)
+        keep = nms(all_boxes, all_scores, self.iou_threshold, self.containment)[: self.max_faces]
+        return [Face((all_boxes[i] * [w, h, w, h]).astype(np.float32), float(all_scores[i])) for i in keep]
 
     def landmark_input(self, image: Image.Image, face: Face) -> tuple[np.ndarray, np.ndarray]:
         size = self.landmarker.input_size
@@ -125,14 +158,32 @@ class CatFace:
                            basis, cat_score)
 
     # ---- synchronous batch API ---------------------------------------------------------------
-    def detect(self, images: list[Image.Image], breeds: bool = True) -> list[list[Face]]:
-        """Every cat face in each RGB photo, best first, with landmarks and breeds, as /detect
-        answers (faces the classifier calls not-a-cat left out); breeds=False: the detector's
-        faces alone, with landmarks (what the Core ML detector finds)."""
-        if not images:
-            return []
+    def faces(self, images: list[Image.Image], zoom: bool = True) -> list[list[Face]]:
+        """The detector's faces in each photo, best first: the whole-photo pass, then (zoom) the
+        closer look over tiles where it found none or small ones."""
         scores, boxes = self.detector.run(np.stack([self.detector_input(im) for im in images]))
         found = [self.faces_from(s, b, im) for s, b, im in zip(scores, boxes, images)]
+        if not zoom:
+            return found
+        windows = [self.zoom_windows(faces, im) for faces, im in zip(found, images)]
+        looked = [n for n, win in enumerate(windows) if len(win)]
+        if looked:
+            scores, boxes = self.detector.run(np.concatenate([self.tile_inputs(images[n], windows[n]) for n in looked]))
+            start = 0
+            for n in looked:
+                part = slice(start, start + len(windows[n]))
+                found[n] = self.zoomed_faces(found[n], windows[n], scores[part], boxes[part], images[n])
+                start += len(windows[n])
+        return found
+
+    def detect(self, images: list[Image.Image], breeds: bool = True, zoom: bool = True) -> list[list[Face]]:
+        """Every cat face in each RGB photo, best first, with landmarks and breeds, as /detect
+        answers (faces the classifier calls not-a-cat left out); breeds=False: the detector's
+        faces, with landmarks; zoom=False too: the whole-photo pass alone (what the Core ML
+        detector finds)."""
+        if not images:
+            return []
+        found = self.faces(images, zoom)
         pairs = [(im, face) for im, faces in zip(images, found) for face in faces]
         if pairs:
             crops = [self.landmark_input(im, face) for im, face in pairs]
@@ -150,13 +201,14 @@ class CatFace:
                         start += len(r)
         return found
 
+    # /breeds makes the whole-photo pass only: on training dog photos the closer look doubled
+    # the photos answered `cat` (4 -> 8 of 987), and a cat photo is a cat with or without a face.
     def classify(self, images: list[Image.Image]) -> list[PhotoBreeds]:
-        """What POST /breeds answers for each photo: the detector, then the classifier on the faces'
-        crops and the whole photo."""
+        """What POST /breeds answers for each photo: the detector's whole-photo pass, then the
+        classifier on the faces' crops and the whole photo."""
         out = []
         for image in images:
-            scores, boxes = self.detector.run(self.detector_input(image)[None])
-            faces = self.faces_from(scores[0], boxes[0], image)
+            (faces,) = self.faces([image], zoom=False)
             probabilities, cat = self.classifier.run(self.breed_inputs(image, faces))
             out.append(self.photo_breeds(probabilities, cat[:, 0]))
         return out

@@ -14,9 +14,12 @@ from PIL import Image
 
 from service.logs import JsonFormatter
 from service.schemas import LANDMARK_NAMES
+from training.data import KITTENS_PHOTO
+from training.evaluate import kittens_frame
 
 from .conftest import (
     CATS,
+    DATA,
     EARED_DOG,
     PROFILE_CAT,
     STORED_FROM_UPRIGHT,
@@ -105,6 +108,19 @@ def test_breeds_of_a_cat_whose_face_is_not_seen(live):
     assert post_photo(live, encode(cat)).json()["faces"] == []  # no face to find
     body = post_photo(live, encode(cat), url="/breeds").json()
     assert body["cat"] is True and body["faces"] == 0 and body["based_on"] == "photo" and body["breeds"]
+
+
+def test_small_faces_found_by_the_closer_look_are_answered_as_in_process(live):
+    """The kittens with ~48 px faces in an 800x450 photo: the server's closer look over tiles
+    (through its batchers) answers the faces the in-process pipeline finds."""
+    data_file(KITTENS_PHOTO)
+    frame, _ = kittens_frame(DATA, 0.5)
+    served = post_photo(live, encode(frame, "PNG")).json()["faces"]
+    in_process = live.state.analyzer.pipeline.detect([frame])[0]
+    assert len(served) == len(in_process) == 3
+    for got, want in zip(served, in_process):
+        assert np.abs(np.subtract(got["box"], want.box)).max() < 1.0
+        assert got["breeds"][0]["breed"] == want.breeds[0][0]
 
 
 def close(a: list[dict], b: list[dict], tolerance: float) -> bool:
@@ -326,7 +342,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(cat_bytes,
     live = LiveApp(make_settings(max_batch_size=8, max_wait_ms=300))
     try:
         uploads = (cat_bytes + dog_bytes) * 2
-        alone = [post_photo(live, data).json() for data in uploads]  # one at a time: batches of 1
+        start_rows = live.metric("catface_batch_size_sum", model="catface")
+        alone = [post_photo(live, data).json() for data in uploads]  # one at a time
         before_rows = live.metric("catface_batch_size_sum", model="catface")
         before_batches = live.metric("catface_batch_size_count", model="catface")
         responses = live.post_many("/detect", [dict(files={"image": ("p", d, "image/jpeg")}) for d in uploads])
@@ -336,7 +353,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(cat_bytes,
             assert (a["width"], a["height"]) == (b["width"], b["height"])
         rows = live.metric("catface_batch_size_sum", model="catface") - before_rows
         batches = live.metric("catface_batch_size_count", model="catface") - before_batches
-        assert rows == len(uploads), "every photo ran exactly once"
+        # a photo's detector rows: the whole photo, plus the tiles of the closer look (the dogs')
+        assert rows == before_rows - start_rows > len(uploads), "every photo ran exactly once, as alone"
         assert batches < len(uploads), "photos shared onnxruntime calls"
         single = live.metric("catface_batch_size_bucket", model="catface", le="1.0")
         total = live.metric("catface_batch_size_count", model="catface")

@@ -33,6 +33,10 @@ def test_detector_entries_carry_the_contract(entry):
     post = entry["postprocess"]
     assert (post["score_threshold"], post["iou_threshold"], post["containment_threshold"], post["max_faces"]) == (
         contract.SCORE_THRESHOLD, contract.IOU_THRESHOLD, contract.CONTAINMENT_THRESHOLD, contract.MAX_FACES)
+    zoom = post["zoom"]
+    assert (zoom["below_px"], zoom["grid_none"], zoom["grid_small"], zoom["overlap"], zoom["edge_px"]) == (
+        contract.ZOOM_BELOW, contract.ZOOM_GRID_NONE, contract.ZOOM_GRID_SMALL, contract.ZOOM_OVERLAP,
+        contract.ZOOM_EDGE)
     defaults = {i["name"]: i["default"] for i in entry["inputs"] if "default" in i}  # CoreML's NMS inputs
     assert defaults in ({}, {"iouThreshold": contract.IOU_THRESHOLD, "confidenceThreshold": contract.SCORE_THRESHOLD})
 
@@ -60,6 +64,7 @@ def test_the_server_reads_the_contract_from_the_manifest():
     catface = CatFace(by_name)
     assert (catface.score_threshold, catface.iou_threshold, catface.containment, catface.max_faces) == (
         contract.SCORE_THRESHOLD, contract.IOU_THRESHOLD, contract.CONTAINMENT_THRESHOLD, contract.MAX_FACES)
+    assert catface.zoom["below_px"] == contract.ZOOM_BELOW
     assert catface.crop_scale == contract.LANDMARK_CROP_SCALE
     assert BREED_CROP_SCALE == contract.BREED_CROP_SCALE
     assert catface.cat_threshold == contract.CAT_THRESHOLD

@@ -1,11 +1,22 @@
 """Post-processing of the detector's outputs (service/detection.py): the NMS and containment
-rules that decide how many faces a photo has."""
+rules that decide how many faces a photo has, and the tiles of the closer second look."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from service.contract import CONTAINMENT_THRESHOLD, IOU_THRESHOLD, MAX_FACES, SCORE_THRESHOLD
-from service.detection import select_faces
+from service.contract import (
+    CONTAINMENT_THRESHOLD,
+    IOU_THRESHOLD,
+    MAX_FACES,
+    SCORE_THRESHOLD,
+    ZOOM_BELOW,
+    ZOOM_EDGE,
+    ZOOM_GRID_NONE,
+    ZOOM_GRID_SMALL,
+    ZOOM_OVERLAP,
+)
+from service.detection import from_tile, select_faces, tiles, zoom_grid
 
 
 def select(boxes, scores):
@@ -36,3 +47,35 @@ def test_boxes_below_the_score_threshold_and_beyond_max_faces_are_dropped():
     grid = [[i / 30, 0.0, i / 30 + 0.02, 0.02] for i in range(30)]
     kept, scores = select(grid, [0.99] * 25 + [SCORE_THRESHOLD - 0.01] * 5)
     assert len(kept) == MAX_FACES and (scores >= SCORE_THRESHOLD).all()
+
+
+def test_the_closer_look_comes_where_the_whole_photo_pass_found_no_face_or_a_small_one():
+    grids = dict(below=ZOOM_BELOW, grid_none=ZOOM_GRID_NONE, grid_small=ZOOM_GRID_SMALL)
+    assert zoom_grid(np.array([]), **grids) == ZOOM_GRID_NONE
+    assert zoom_grid(np.array([120.0, ZOOM_BELOW - 1]), **grids) == ZOOM_GRID_SMALL
+    assert zoom_grid(np.array([ZOOM_BELOW, 200.0]), **grids) == 0
+
+
+@pytest.mark.parametrize("grid", [ZOOM_GRID_NONE, ZOOM_GRID_SMALL])
+def test_tiles_cover_the_photo_and_neighbours_share_the_overlap(grid):
+    windows = tiles(grid, ZOOM_OVERLAP)
+    assert windows.shape == (grid * grid, 4)
+    assert windows[:, :2].min() == 0 and np.isclose(windows[:, 2:].max(), 1)
+    first, second = windows[0], windows[1]  # row-major: the second is the first's right neighbour
+    assert np.isclose(first[2] - second[0], ZOOM_OVERLAP / (grid - 1))
+    # any face up to the shared width lies whole inside some tile
+    side = ZOOM_OVERLAP / (grid - 1)
+    for x in np.linspace(0, 1 - side, 37):
+        face = np.array([x, x, x + side, x + side])
+        assert any(np.all(face[:2] >= w[:2] - 1e-6) and np.all(face[2:] <= w[2:] + 1e-6) for w in windows)
+
+
+def test_a_tile_box_goes_back_to_the_photo_and_a_face_cut_by_a_shared_edge_goes():
+    window = np.array([0.0, 0.4, 0.6, 1.0], np.float32)  # the bottom-left tile of 2x2
+    edge = ZOOM_EDGE / 256
+    inside = [0.5, 0.5, 0.75, 0.75]
+    on_the_photo_edge = [0.0, 0.6, 0.2, 1.0]  # the photo's left and bottom edges: a real face
+    cut_right, cut_top = [0.8, 0.5, 1.0, 0.7], [0.2, 0.0, 0.4, 0.3]  # edges shared with neighbours
+    placed, whole = from_tile(window, np.array([inside, on_the_photo_edge, cut_right, cut_top], np.float32), edge)
+    assert whole.tolist() == [True, True, False, False]
+    assert np.allclose(placed[0], [0.3, 0.7, 0.45, 0.85])

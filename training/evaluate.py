@@ -29,7 +29,9 @@ from .train_detector import split_sources
 FIVE_POINTS = [0, 1, 2, 4, 7]  # eyes, mouth, ear tips: the published anchor's points
 
 
-SERVED = "catface + cat check (what /detect answers)"
+ONE_PASS = "catface, one pass (the Core ML detector)"
+ZOOMED = "catface + closer look"
+SERVED = "catface + closer look + cat check (what /detect answers)"
 
 
 def match(truth: list[np.ndarray], found: list[np.ndarray], threshold: float = 0.5) -> list[int | None]:
@@ -144,23 +146,29 @@ def small_faces_recall(cats, dogs, detect, count: int = 40, side: int = 640, til
             "faces": truths_total, "recall_iou50": hits / max(truths_total, 1), "extra_boxes_per_mosaic": extra / count}
 
 
-def kittens(data_dir: Path, detect, scales=(1.0, 0.7, 0.5)) -> dict:
-    """Three kittens side by side (a real photo, held out of training), shrunk into an 800x450
-    frame: how many of their hand-drawn face boxes hold the centre of exactly one found box."""
+def kittens_frame(data_dir: Path, scale: float) -> tuple[Image.Image, list[np.ndarray]]:
+    """The three kittens (a real photo, held out of training) shrunk by `scale` into the middle
+    of an 800x450 frame, and their hand-drawn face boxes in the frame's pixels."""
     path = data_dir / data.KITTENS_PHOTO
     drawn = data.voc_boxes(path.parent.parent / "annotations" / (path.stem + ".xml"), {"cat_face"})
     photo = Image.open(path).convert("RGB")
+    frame = Image.new("RGB", (800, 450), (96, 96, 96))
+    offset = np.array([(800 - photo.width * scale) // 2, (450 - photo.height * scale) // 2])
+    shrunk = photo.resize((round(photo.width * scale), round(photo.height * scale)))
+    frame.paste(shrunk, (int(offset[0]), int(offset[1])))
+    return frame, [b * scale + np.tile(offset, 2) for b in drawn]
+
+
+def kittens(data_dir: Path, detect, scales=(1.0, 0.7, 0.5)) -> dict:
+    """Three kittens side by side in an 800x450 frame: how many of their hand-drawn face boxes
+    hold the centre of exactly one found box."""
     out = {}
     for scale in scales:
-        frame = Image.new("RGB", (800, 450), (96, 96, 96))
-        offset = np.array([(800 - photo.width * scale) // 2, (450 - photo.height * scale) // 2])
-        shrunk = photo.resize((round(photo.width * scale), round(photo.height * scale)))
-        frame.paste(shrunk, (int(offset[0]), int(offset[1])))
+        frame, drawn = kittens_frame(data_dir, scale)
         found = detect(frame)
         centres = [((f[:2] + f[2:]) / 2) for f in found]
-        hits = sum(sum(bool(np.all(c >= b[:2] * scale + offset) and np.all(c <= b[2:] * scale + offset))
-                       for c in centres) == 1 for b in drawn)
-        face = float(np.mean([max(b[2] - b[0], b[3] - b[1]) for b in drawn]) * scale)
+        hits = sum(sum(bool(np.all(c >= b[:2]) and np.all(c <= b[2:])) for c in centres) == 1 for b in drawn)
+        face = float(np.mean([max(b[2] - b[0], b[3] - b[1]) for b in drawn]))
         out[f"{scale:g}"] = {"face_px": round(face), "kittens": len(drawn), "found": int(hits), "boxes": len(found)}
     return out
 
@@ -241,7 +249,7 @@ def breed_metrics(pred: np.ndarray, labels: np.ndarray) -> dict:
 
 def faces_per_photo(counts: list[int], breeds: list[int]) -> dict:
     """Cat photos of another collection (Oxford pets: other photographers, often big heads) where
-    we have no boxes in our convention: how often the detector finds none, one, or several faces,
+    we have no boxes in our convention: how often /detect finds none, one, or several faces,
     and per breed the share of photos with at least one face."""
     c, b = np.array(counts), np.array(breeds)
     per_breed = {name: {"photos": int((b == i).sum()), "no_face": int(((b == i) & (c == 0)).sum())}
@@ -253,14 +261,14 @@ def faces_per_photo(counts: list[int], breeds: list[int]) -> dict:
 def breed_evaluation(catface: CatFace, val, dogs: list[Path]) -> tuple[dict, list[int], dict]:
     """The classifier on the whole photo, on the detected face's crop, and as POST /breeds
     answers (CatFace.photo_breeds: every photo, an answer without breeds counts as wrong): the
-    measurement behind that rule. Also the faces found per photo, and how often cat photos and
-    dog photos are answered `cat: true`."""
+    measurement behind that rule. Also the faces /detect answers per photo, and how often cat
+    photos and dog photos are answered `cat: true`."""
     probs: dict[str, list] = {"whole photo": [], "face crop": []}
     product, counts, cat_answers = [], [], 0
     for path, _ in val:
         image = Image.open(path).convert("RGB")
-        faces = catface.detect([image], breeds=False)[0]
-        counts.append(len(faces))
+        faces = catface.faces([image], zoom=False)[0]  # what /breeds looks at (CatFace.classify)
+        counts.append(len(catface.detect([image])[0]))  # what /detect answers
         rows, cat = catface.classifier.run(catface.breed_inputs(image, faces))
         probs["whole photo"].append(int(np.argmax(rows[-1])))
         probs["face crop"].append(int(np.argmax(rows[0])))  # no face found: only the photo
@@ -292,20 +300,20 @@ def main(argv=None):
     catface = load(args.models, args.threads)
     cats, dogs = split_sources(args.data, "val")
     results = {"validation": {"cat_photos": len(cats), "dog_photos": len(dogs)}}
-    def catface_boxes(image: Image.Image) -> list[np.ndarray]:
-        return [f.box for f in catface.detect([image], breeds=False)[0]]
+    def detector(**how):
+        def boxes(image: Image.Image) -> list[np.ndarray]:
+            return [f.box for f in catface.detect([image], **how)[0]]
+        return boxes
 
-    def served_boxes(image: Image.Image) -> list[np.ndarray]:  # what /detect answers (the cat check too)
-        return [f.box for f in catface.detect([image])[0]]
-
-    ours = detection_table("catface", cats, dogs, catface_boxes)
-    served = detection_table(SERVED, cats, dogs, served_boxes)
-    haar = detection_table("OpenCV Haar (frontalcatface_extended)", cats, dogs, haar_detector())
-    for row, detect in ((ours, catface_boxes), (served, served_boxes), (haar, haar_detector())):
+    rows = {ONE_PASS: detector(breeds=False, zoom=False), ZOOMED: detector(breeds=False), SERVED: detector(),
+            "OpenCV Haar (frontalcatface_extended)": haar_detector()}
+    results["detection"] = []
+    for name, detect in rows.items():
+        row = detection_table(name, cats, dogs, detect)
         row["mosaic"] = mosaic_recall(cats, dogs, detect)
         row["small_faces"] = small_faces_recall(cats, dogs, detect)
-    results["detection"] = [ours, served, haar]
-    results["kittens"] = kittens(args.data, catface_boxes)
+        results["detection"].append(row)
+    results["kittens"] = {name: kittens(args.data, rows[name]) for name in (ONE_PASS, SERVED)}
     print(json.dumps(results["detection"], indent=1), flush=True)
     results["detection_alternatives"] = threshold_sweep(catface, cats, dogs)
     print(json.dumps(results["detection_alternatives"], indent=1), flush=True)

@@ -26,6 +26,11 @@ from service.contract import (
     LANDMARK_CROP_SCALE,
     MAX_FACES,
     SCORE_THRESHOLD,
+    ZOOM_BELOW,
+    ZOOM_EDGE,
+    ZOOM_GRID_NONE,
+    ZOOM_GRID_SMALL,
+    ZOOM_OVERLAP,
 )
 
 from . import data
@@ -101,10 +106,23 @@ def detector_entry(size: int) -> dict:
                         "containment_threshold": CONTAINMENT_THRESHOLD, "max_faces": MAX_FACES,
                         "method": "greedy NMS over boxes with score >= threshold: a box goes when its IoU with a "
                                   "better box is over iou_threshold, or when containment_threshold of the smaller "
-                                  "of the two lies inside the other; multiply by the photo's width/height"},
+                                  "of the two lies inside the other; multiply by the photo's width/height",
+                        "zoom": zoom_entry()},
         "box_convention": "the tight box around the 9 Crawford landmarks (ears included), clamped to the image",
         "labels": ["cat"],
     }
+
+
+def zoom_entry() -> dict:
+    return {"below_px": ZOOM_BELOW, "grid_none": ZOOM_GRID_NONE, "grid_small": ZOOM_GRID_SMALL,
+            "overlap": ZOOM_OVERLAP, "edge_px": ZOOM_EDGE,
+            "method": "a second look when the whole-photo pass keeps no face (grid_none) or a face whose longer "
+                      "side is under below_px at the input (grid_small): the photo cut into grid x grid windows, "
+                      "each (1 + overlap) / grid of its width and height, evenly spaced from edge to edge, "
+                      "row-major; each window stretched to the input and post-processed as above; a window's "
+                      "box within edge_px (at the input) of an edge shared with another window goes; the "
+                      "whole-photo faces and the windows' (in photo coordinates) then go through the same NMS "
+                      "and max_faces"}
 
 
 def landmarks_entry(size: int) -> dict:

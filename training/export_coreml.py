@@ -329,7 +329,8 @@ def main(argv=None):
                                                  "width/height and clamp to it. The server also leaves out a "
                                                  "face whose crop the ONNX classifier's cat output calls "
                                                  "not-a-cat; catbreeds.mlmodel has no cat output, so the phone "
-                                                 "keeps such faces"}
+                                                 "keeps such faces. The server's second look over tiles (zoom) "
+                                                 "is not in the pipeline: an app can run it the same way"}
         print(f"catface: max |numpy(spec) - torch| {diff:.2g}")
     if "catlandmarks" in args.only:
         model, size = load_checkpoint(CatLandmarker, args.runs / "landmarks" / "checkpoint.pt")

@@ -193,9 +193,14 @@ def write_card(results: dict, models_dir: Path) -> None:
         lines.append(f"| {row['detector']} | {row['recall_iou50']:.3f} | {row['precision_iou50']:.3f} | "
                      f"{row['face_found_rate']:.3f} | {row['false_faces_per_dog_photo']:.3f} | "
                      f"{row.get('photos_with_two_boxes_on_one_face', '')} |")
-    lines += ["", "'catface' is the detector alone (what the Core ML model finds); 'catface + cat check' is what "
-              "/detect answers: a face stays only when the breed classifier's cat output on its crop is >= "
-              f"{catface_cat_threshold(manifest):g} (the classifier's cat output, never tuned on this split).",
+    zoom = onnx_entry(manifest, "catface")["postprocess"]["zoom"]
+    lines += ["", f"'{det[0]['detector']}' is the detector on the whole photo alone, what the Core ML model finds. "
+              "The server then looks closer (the manifest's `postprocess.zoom`): where the whole-photo pass keeps "
+              f"no face it runs the detector again on {zoom['grid_none']}x{zoom['grid_none']} overlapping tiles, "
+              f"and where it keeps a face under {zoom['below_px']} px at the input, on "
+              f"{zoom['grid_small']}x{zoom['grid_small']} tiles; all faces then meet in one NMS. "
+              "'+ cat check' is what /detect answers: a face stays only when the breed classifier's cat output "
+              f"on its crop is >= {catface_cat_threshold(manifest):g} (never tuned on this split).",
               "", *mosaic_table(det, "mosaic", "Several cats per photo (40 mosaics of 2x2 tiles: three validation cats "
                                                "and a dog, 640x640):")]
     small = det[0].get("small_faces")
@@ -205,16 +210,30 @@ def write_card(results: dict, models_dir: Path) -> None:
             f"so its face is {small['face_sides_px'][0]}-{small['face_sides_px'][1]} px; {small['faces']} faces):"))]
     litter = results.get("kittens")
     if litter:
-        found = [f"faces ~{r['face_px']} px: {r['found']} of {r['kittens']} found ({r['boxes']} boxes)"
-                 for r in litter.values()]
         lines += ["", "Three kittens side by side (a real cat-faces-voc photo held out of all training), shrunk "
-                  "into an 800x450 frame: " + "; ".join(found) + "."]
+                  "into an 800x450 frame:", ""]
+        lines += [f"- {name}: " + "; ".join(f"faces ~{r['face_px']} px: {r['found']} of {r['kittens']} found "
+                                            f"({r['boxes']} boxes)" for r in rows.values())
+                  for name, rows in litter.items()]
+    selection = models_dir / "zoom_selection.json"
+    if selection.exists():
+        chosen = json.loads(selection.read_text())
+        lines += ["", f"How the closer look was chosen, on **training-split** photos only ({chosen['photos']}); "
+                  "'grids' = (tiles a side after a small face, after no face), 0 = no second look; every row "
+                  "with the cat check:", "",
+                  "| grids | Crawford recall | precision | false faces per dog photo | small-faces recall "
+                  "| Oxford photos with a face | photos looked at again |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['grids']} | {r['recall_iou50']:.3f} | {r['precision_iou50']:.3f} | "
+                  f"{r['false_faces_per_dog_photo']:.4f} | {r['small_faces_recall']:.3f} | "
+                  f"{r['oxford_with_a_face']:.3f} | {r['looked_again']} |" for r in chosen["candidates"]]
+        lines += ["", chosen["rule"]]
     oxford = results.get("oxford_cat_photos")
     if oxford:
         lines += [
             "",
             f"On the {oxford['photos']} Oxford-IIIT Pet validation cat photos (another collection, often big heads;",
-            f"no boxes in our convention), catface finds no face in {oxford['no_face']}, "
+            "no boxes in our convention), /detect (closer look and cat check included) finds no face in "
+            f"{oxford['no_face']}, "
             f"one in {oxford['one_face']} and "
             f"several in {oxford['several_faces']}.",
         ]
@@ -294,7 +313,9 @@ def write_card(results: dict, models_dir: Path) -> None:
         "whole photo when no face is found; 'product rule' = what POST /breeds answers: the one face's crop and the "
         "whole photo averaged when the photo holds exactly one detected face, else the whole photo; `cat` when the "
         f"classifier's cat output is >= {catface_cat_threshold(manifest):g} for the photo or a face's crop. "
-        "Every view is also averaged with its mirror inside the graph.",
+        "Every view is also averaged with its mirror inside the graph. /breeds uses the detector's whole-photo "
+        "pass only, not the closer look: on training dog photos the closer look doubled the photos answered `cat` "
+        "(4 to 8 of 987).",
         "",
         "Recall per breed (product rule): " + ", ".join(f"{k} {v:.2f}" for k, v in rule.items()) + ".",
         "",
@@ -317,7 +338,8 @@ def write_card(results: dict, models_dir: Path) -> None:
         "  previous detector already found (at a low threshold, with checks): faces it could not find at all",
         "  (strong profiles, some flat Persian and Sphynx faces) were left out of training, so they stay the",
         "  weak spots, with drawings and small faces (see the small-faces table: faces of 8-24 px at the",
-        "  256 px input are mostly missed).",
+        "  256 px input are mostly missed by the whole-photo pass; the server's closer look over tiles finds",
+        "  most of them, and still misses faces under about 30 px after the tiles are enlarged).",
         "- Breed labels say what a cat looks like, not its pedigree; mixed cats show several breeds >= 5%.",
         f"- Weakest breed on validation: {weakest} (recall {rule[weakest]:.2f}); see the confusion matrix.",
         "- No rule or threshold was chosen on this validation split: the product rule is the one the previous",
