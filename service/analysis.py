@@ -15,7 +15,7 @@ import numpy as np
 
 from .batching import Batcher
 from .imaging import Photo
-from .pipeline import CatFace, Face, PhotoBreeds
+from .pipeline import CatFace, Face, PhotoBreeds, advance
 
 
 class Analyzer:
@@ -28,16 +28,14 @@ class Analyzer:
         return await asyncio.get_running_loop().run_in_executor(self._pixels, fn, *args)
 
     async def _faces(self, photo: Photo, deadline: float | None, zoom: bool = True) -> list[Face]:
-        cf = self.pipeline
-        x = await self._on_pixels(cf.detector_input, photo.image)
-        scores, boxes = await self.batchers["catface"].submit(x[None], deadline)
-        faces = cf.faces_from(scores[0], boxes[0], photo.image)
-        windows = cf.zoom_windows(faces, photo.image)
-        if zoom and len(windows):  # the closer look over tiles (CatFace.faces)
-            x = await self._on_pixels(cf.tile_inputs, photo.image, windows)
-            scores, boxes = await self.batchers["catface"].submit(x, deadline)
-            faces = cf.zoomed_faces(faces, windows, scores, boxes, photo.image)
-        return faces
+        """The detector's looks at the photo (CatFace.face_looks), each through the batcher; the
+        looks' pixel work on the image pool."""
+        looks = self.pipeline.face_looks(photo.image, zoom)
+        rows, faces = await self._on_pixels(advance, looks, None)
+        while rows is not None:
+            outputs = await self.batchers["catface"].submit(rows, deadline)
+            rows, faces = await self._on_pixels(advance, looks, tuple(outputs))
+        return faces or []
 
     def _face_inputs(self, photo: Photo, faces: list[Face]):
         crops = [self.pipeline.landmark_input(photo.image, face) for face in faces]

@@ -28,12 +28,22 @@ MAX_FACES = 20  # the best MAX_FACES faces after NMS are kept
 # ZOOM_GRID_SMALL. Each tile is stretched to DETECTOR_INPUT; neighbours share ZOOM_OVERLAP /
 # (grid - 1) of the photo's side, so a face up to that size lies whole in one tile, and a tile's
 # box within ZOOM_EDGE px of an inner edge is a cut face and goes. All faces then meet in one NMS.
+# Then a box that the whole photo's look or the small-face tiles' half-saw (scored from
+# ZOOM_CANDIDATE_SCORE up, under SCORE_THRESHOLD, away from every face) gets a window of its own: a
+# square of ZOOM_CANDIDATE_WINDOW x its longer side around it, stretched to the input; a face the
+# detector finds there overlapping it (IoU > IOU_THRESHOLD) is kept. At most ZOOM_MAX_CANDIDATES a
+# photo, best first: a bound on the work one photo can ask for. The no-face tiles give no
+# candidates: on training dog photos they raised the false faces.
 # Chosen on training-split photos (the model card has the numbers), never on validation.
 ZOOM_BELOW = 48
 ZOOM_GRID_NONE = 2
 ZOOM_GRID_SMALL = 3
 ZOOM_OVERLAP = 0.2
 ZOOM_EDGE = 2
+ZOOM_CANDIDATE_SCORE = 0.3
+ZOOM_CANDIDATE_WINDOW = 4
+ZOOM_MAX_CANDIDATES = 8
+ZOOM_CANDIDATES_FROM = ("photo", "small")  # the looks whose half-seen boxes get their own window
 
 # catlandmarks: a square of LANDMARK_CROP_SCALE x the face box's longer side, centred on the
 # box, resized to LANDMARK_INPUT x LANDMARK_INPUT.

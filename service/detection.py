@@ -79,3 +79,12 @@ def from_tile(window: np.ndarray, boxes: np.ndarray, edge: float) -> tuple[np.nd
     whole = ~np.any(near & inner, axis=1)
     side = window[2:] - window[:2]
     return boxes * np.tile(side, 2) + np.tile(window[:2], 2), whole
+
+
+def around(boxes: np.ndarray, scale: float, width: int, height: int) -> np.ndarray:
+    """Square windows of `scale` x each box's longer side (boxes in photo pixels), centred on the
+    boxes, normalised to the photo (they may reach past its edges)."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = scale * np.max(boxes[:, 2:] - boxes[:, :2], axis=1, keepdims=True) / 2
+    windows = np.concatenate([centres - half, centres + half], axis=1)
+    return (windows / [width, height, width, height]).astype(np.float32)

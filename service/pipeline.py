@@ -7,6 +7,7 @@ stages through its batching engine (service.analysis).
 """
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +16,12 @@ from PIL import Image
 
 from . import geometry
 from .contract import BREED_CROP_SCALE
-from .detection import from_tile, nms, select_faces, tiles, zoom_grid
+from .detection import around, from_tile, iou, nms, overlap_of_smaller, select_faces, tiles, zoom_grid
 from .geometry import to_chw
 from .runtime import DEFAULT_MODELS_DIR, OnnxModel, load_models
+
+# CatFace.face_looks: yields detector rows, is sent their (scores, boxes), returns the faces
+Looks = Generator[np.ndarray, tuple[np.ndarray, np.ndarray], "list[Face]"]
 
 
 @dataclass
@@ -64,37 +68,90 @@ class CatFace:
         w, h = image.size
         return [Face((b * [w, h, w, h]).astype(np.float32), float(s)) for b, s in zip(kept, kept_scores)]
 
-    def zoom_windows(self, faces: list[Face], image: Image.Image) -> np.ndarray:
-        """The tiles (normalised windows) of the closer second look after the whole-photo pass
-        found `faces`; none when it needs no second look (the manifest's postprocess.zoom)."""
-        if not self.zoom:
-            return np.zeros((0, 4), np.float32)
+    # ---- the detector's looks at one photo ----------------------------------------------------
+    def face_looks(self, image: Image.Image, zoom: bool = True) -> Looks:
+        """The detector's looks at one photo, as a generator: it yields the detector rows of its
+        next look, is sent their (scores, boxes) and returns the faces, best first. The in-process
+        driver (CatFace.faces) and the server's (service.analysis) run these same looks:
+        1. the whole photo;
+        2. (zoom) where that kept no face or a small one, overlapping tiles (zoom_windows);
+        3. (zoom) a window of its own around each box a look of ZOOM_CANDIDATES_FROM half-saw
+           (candidate_windows); a face found there on that box is kept.
+        Without the manifest's postprocess.zoom (catface 1.0.0) or with zoom=False: look 1 only."""
+        whole = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
+        scores, boxes = yield self.detector_input(image)[None]
+        if not (zoom and self.zoom):
+            return self.faces_from(scores[0], boxes[0], image)
+        z = self.zoom
+        seen = self._seen(whole, scores, boxes, z["candidate_score"], edge=0.0)
+        faces, candidates = self._split(seen, "photo" in z["candidates_from"])
+        windows, why = self.zoom_windows(faces, image)
+        if len(windows):
+            scores, boxes = yield self.tile_inputs(image, windows)
+            edge = z["edge_px"] / self.detector.input_size[0]
+            tiles_seen = self._seen(windows, scores, boxes, z["candidate_score"], edge)
+            more, more_candidates = self._split(tiles_seen, why in z["candidates_from"])
+            faces = self._best(np.concatenate([faces, more]), self.max_faces)
+            candidates = self._best(np.concatenate([candidates, more_candidates]), None)
+        windows, chosen = self.candidate_windows(candidates, faces, image)
+        if len(windows):
+            scores, boxes = yield self.tile_inputs(image, windows)
+            found = self._seen(windows, scores, boxes, self.score_threshold, edge=0.0, one_each=True)
+            on_candidate = [i for i, (box, window) in enumerate(zip(found[:, :4], found[:, 5].astype(int)))
+                            if iou(box, chosen[window, None, :4])[0] > self.iou_threshold]
+            faces = self._best(np.concatenate([faces, found[on_candidate, :5]]), self.max_faces)
         w, h = image.size
-        sides = [max((f.box[2] - f.box[0]) / w, (f.box[3] - f.box[1]) / h) * self.detector.input_size[0] for f in faces]
-        grid = zoom_grid(np.array(sides), self.zoom["below_px"], self.zoom["grid_none"], self.zoom["grid_small"])
-        return tiles(grid, self.zoom["overlap"]) if grid else np.zeros((0, 4), np.float32)
+        return [Face((row[:4] * [w, h, w, h]).astype(np.float32), float(row[4])) for row in faces]
+
+    def zoom_windows(self, faces: np.ndarray, image: Image.Image) -> tuple[np.ndarray, str]:
+        """The tiles (normalised windows) of the closer look after the whole photo's look kept
+        `faces` (rows x0, y0, x1, y1 normalised, score), and why: "none" (no face) or "small";
+        no tiles when it needs no closer look."""
+        side = self.detector.input_size[0]
+        sides = np.max(faces[:, 2:4] - faces[:, :2], axis=1) * side if len(faces) else np.zeros(0)
+        grid = zoom_grid(sides, self.zoom["below_px"], self.zoom["grid_none"], self.zoom["grid_small"])
+        return (tiles(grid, self.zoom["overlap"]) if grid else np.zeros((0, 4), np.float32)), (
+            "small" if len(faces) else "none")
+
+    def candidate_windows(self, candidates: np.ndarray, faces: np.ndarray,
+                          image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+        """A window of its own (normalised) around each half-seen box that no face covers, best
+        first, at most max_candidates; and those boxes' rows, in the windows' order."""
+        away = [c for c in candidates if not len(faces) or (iou(c[:4], faces[:, :4]).max() <= self.iou_threshold
+                                                             and overlap_of_smaller(c[:4], faces[:, :4]).max()
+                                                             < self.containment)]
+        chosen = np.array(away[: self.zoom["max_candidates"]], np.float32).reshape(-1, 5)
+        w, h = image.size
+        return around(chosen[:, :4] * [w, h, w, h], self.zoom["candidate_window"], w, h), chosen
 
     def tile_inputs(self, image: Image.Image, windows: np.ndarray) -> np.ndarray:
+        """Detector rows of windows (normalised) of the photo; outside it is black."""
         w, h = image.size
         return np.stack([self.detector_input(image.crop(tuple(np.round(win * [w, h, w, h]).astype(int))))
                          for win in windows])
 
-    def zoomed_faces(self, faces: list[Face], windows: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
-                     image: Image.Image) -> list[Face]:
-        """The whole-photo pass's faces and the tiles' (detector outputs per window) in one NMS."""
-        w, h = image.size
-        found = [np.array([f.box / [w, h, w, h] for f in faces], np.float32).reshape(-1, 4)]
-        confidence = [np.array([f.score for f in faces], np.float32)]
-        edge = self.zoom["edge_px"] / self.detector.input_size[0]
-        for window, s, b in zip(windows, scores, boxes):
-            kept, kept_scores = select_faces(s, b, self.score_threshold, self.iou_threshold, self.containment,
-                                             self.max_faces)
+    def _seen(self, windows: np.ndarray, scores: np.ndarray, boxes: np.ndarray, threshold: float, edge: float,
+              one_each: bool = False) -> np.ndarray:
+        """Rows (x0, y0, x1, y1 normalised to the photo, score, window) of the boxes scored from
+        `threshold` up in each window, after its NMS (one_each: its best box only); a box a tile
+        cuts (within `edge` of an edge it shares with another) left out."""
+        rows = []
+        for n, (window, s, b) in enumerate(zip(windows, scores, boxes)):
+            kept, kept_scores = select_faces(s, b, threshold, self.iou_threshold, self.containment, self.max_faces)
             placed, whole = from_tile(window, kept, edge)
-            found.append(placed[whole])
-            confidence.append(kept_scores[whole])
-        all_boxes, all_scores = np.concatenate(found), np.concatenate(confidence)
-        keep = nms(all_boxes, all_scores, self.iou_threshold, self.containment)[: self.max_faces]
-        return [Face((all_boxes[i] * [w, h, w, h]).astype(np.float32), float(all_scores[i])) for i in keep]
+            for box, score in list(zip(placed[whole], kept_scores[whole]))[: 1 if one_each else None]:
+                rows.append([*box, score, n])
+        return np.array(rows, np.float32).reshape(-1, 6)
+
+    def _split(self, seen: np.ndarray, candidates_too: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Faces (score >= threshold) and half-seen boxes (if asked) as rows x0, y0, x1, y1, score."""
+        face = seen[:, 4] >= self.score_threshold
+        return seen[face, :5], seen[~face & candidates_too, :5]
+
+    def _best(self, rows: np.ndarray, limit: int | None) -> np.ndarray:
+        """Rows x0, y0, x1, y1, score of several looks through one NMS, best first."""
+        keep = nms(rows[:, :4], rows[:, 4], self.iou_threshold, self.containment)[:limit]
+        return rows[keep].reshape(-1, 5)
 
     def landmark_input(self, image: Image.Image, face: Face) -> tuple[np.ndarray, np.ndarray]:
         size = self.landmarker.input_size
@@ -159,21 +216,23 @@ class CatFace:
 
     # ---- synchronous batch API ---------------------------------------------------------------
     def faces(self, images: list[Image.Image], zoom: bool = True) -> list[list[Face]]:
-        """The detector's faces in each photo, best first: the whole-photo pass, then (zoom) the
-        closer look over tiles where it found none or small ones."""
-        scores, boxes = self.detector.run(np.stack([self.detector_input(im) for im in images]))
-        found = [self.faces_from(s, b, im) for s, b, im in zip(scores, boxes, images)]
-        if not zoom:
-            return found
-        windows = [self.zoom_windows(faces, im) for faces, im in zip(found, images)]
-        looked = [n for n, win in enumerate(windows) if len(win)]
-        if looked:
-            scores, boxes = self.detector.run(np.concatenate([self.tile_inputs(images[n], windows[n]) for n in looked]))
-            start = 0
-            for n in looked:
-                part = slice(start, start + len(windows[n]))
-                found[n] = self.zoomed_faces(found[n], windows[n], scores[part], boxes[part], images[n])
-                start += len(windows[n])
+        """The detector's faces in each photo, best first (face_looks), the photos' looks run
+        together: each round, one detector call for every photo that has a look left."""
+        looks = [self.face_looks(image, zoom) for image in images]
+        found: list[list[Face]] = [[] for _ in images]
+        rows = {n: advance(look, None) for n, look in enumerate(looks)}
+        while pending := {n: x for n, (x, _) in rows.items() if x is not None}:
+            for n, (_, faces) in rows.items():
+                if faces is not None:
+                    found[n] = faces
+            scores, boxes = self.detector.run(np.concatenate(list(pending.values())))
+            rows, start = {}, 0
+            for n, x in pending.items():
+                rows[n] = advance(looks[n], (scores[start:start + len(x)], boxes[start:start + len(x)]))
+                start += len(x)
+        for n, (_, faces) in rows.items():
+            if faces is not None:
+                found[n] = faces
         return found
 
     def detect(self, images: list[Image.Image], breeds: bool = True, zoom: bool = True) -> list[list[Face]]:
@@ -212,6 +271,15 @@ class CatFace:
             probabilities, cat = self.classifier.run(self.breed_inputs(image, faces))
             out.append(self.photo_breeds(probabilities, cat[:, 0]))
         return out
+
+
+def advance(looks: Looks, outputs: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray | None, list[Face] | None]:
+    """One step of CatFace.face_looks: (the next look's detector rows, None), or (None, the
+    faces) once it is done. `outputs` are the last look's (None to start)."""
+    try:
+        return looks.send(outputs), None  # type: ignore[arg-type]  # (the first send must be None)
+    except StopIteration as done:
+        return None, done.value
 
 
 def load(models_dir: Path = DEFAULT_MODELS_DIR, threads: int | None = None, arena: bool = True) -> CatFace:

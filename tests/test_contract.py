@@ -37,6 +37,9 @@ def test_detector_entries_carry_the_contract(entry):
     assert (zoom["below_px"], zoom["grid_none"], zoom["grid_small"], zoom["overlap"], zoom["edge_px"]) == (
         contract.ZOOM_BELOW, contract.ZOOM_GRID_NONE, contract.ZOOM_GRID_SMALL, contract.ZOOM_OVERLAP,
         contract.ZOOM_EDGE)
+    assert (zoom["candidate_score"], zoom["candidate_window"], zoom["max_candidates"], zoom["candidates_from"]) == (
+        contract.ZOOM_CANDIDATE_SCORE, contract.ZOOM_CANDIDATE_WINDOW, contract.ZOOM_MAX_CANDIDATES,
+        list(contract.ZOOM_CANDIDATES_FROM))
     defaults = {i["name"]: i["default"] for i in entry["inputs"] if "default" in i}  # CoreML's NMS inputs
     assert defaults in ({}, {"iouThreshold": contract.IOU_THRESHOLD, "confidenceThreshold": contract.SCORE_THRESHOLD})
 

@@ -2,8 +2,12 @@
 rules that decide how many faces a photo has, and the tiles of the closer second look."""
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.contract import (
     CONTAINMENT_THRESHOLD,
@@ -16,7 +20,10 @@ from service.contract import (
     ZOOM_GRID_SMALL,
     ZOOM_OVERLAP,
 )
-from service.detection import from_tile, select_faces, tiles, zoom_grid
+from service.detection import around, from_tile, select_faces, tiles, zoom_grid
+from service.pipeline import CatFace
+
+from .conftest import MODELS
 
 
 def select(boxes, scores):
@@ -79,3 +86,50 @@ def test_a_tile_box_goes_back_to_the_photo_and_a_face_cut_by_a_shared_edge_goes(
     placed, whole = from_tile(window, np.array([inside, on_the_photo_edge, cut_right, cut_top], np.float32), edge)
     assert whole.tolist() == [True, True, False, False]
     assert np.allclose(placed[0], [0.3, 0.7, 0.45, 0.85])
+
+
+def test_a_half_seen_box_gets_a_square_window_around_it_that_may_reach_past_the_photo():
+    box = np.array([[10.0, 20.0, 30.0, 30.0]])  # 20 x 10 px, near the top-left corner of a 200 x 100 photo
+    (window,) = around(box, 4, 200, 100)
+    assert np.allclose(window * [200, 100, 200, 100], [-20, -15, 60, 65])  # 80 px square, same centre
+
+
+def looks_of(outputs: list[tuple[list, list]]) -> tuple[list[int], list]:
+    """Run CatFace.face_looks on an 800x600 photo with the shipped post-processing, answering each
+    look with the given (scores, boxes) of its windows; the rows each look asked for, and the faces."""
+    manifest = json.loads((MODELS / "manifest.json").read_text())["models"]
+    models = {e["name"]: SimpleNamespace(entry=e, input_size=(256, 256)) for e in manifest if e["format"] == "onnx"}
+    looks = CatFace(models).face_looks(Image.new("RGB", (800, 600)))
+    asked = [len(next(looks))]
+    for scores, boxes in outputs:
+        try:
+            asked.append(len(looks.send((np.array(scores, np.float32), np.array(boxes, np.float32)))))
+        except StopIteration as done:
+            return asked, done.value
+    raise AssertionError("the looks wanted more")
+
+
+HALF_SEEN = [0.7, 0.7, 0.75, 0.75]  # 40 x 30 px; its own window is 160 px square around it
+
+
+def test_a_half_seen_box_becomes_a_face_when_its_own_window_finds_one_on_it():
+    big_face = [0.1, 0.1, 0.5, 0.5]  # 102 px at the input: no tiles
+    asked, faces = looks_of([([[0.9, 0.4]], [[big_face, HALF_SEEN]]),
+                             ([[0.8]], [[[0.375, 0.375, 0.625, 0.625]]])])  # the window's centre
+    assert asked == [1, 1]
+    assert len(faces) == 2 and faces[1].score == pytest.approx(0.8)
+    assert np.allclose(faces[1].box, [560, 415, 600, 455])
+
+
+def test_a_half_seen_box_stays_out_when_its_window_finds_no_face_on_it():
+    asked, faces = looks_of([([[0.9, 0.4]], [[[0.1, 0.1, 0.5, 0.5], HALF_SEEN]]),
+                             ([[0.8]], [[[0.0, 0.0, 0.2, 0.2]]])])  # a face in the window's corner
+    assert asked == [1, 1] and len(faces) == 1
+
+
+def test_no_face_in_the_photo_brings_the_no_face_tiles_and_their_faces():
+    tile_faces = [[[0.4, 0.4, 0.6, 0.6]]] + [[[0.0, 0.0, 0.1, 0.1]]] * 3
+    asked, faces = looks_of([([[0.1]], [[[0.0, 0.0, 0.1, 0.1]]]),
+                             ([[0.9], [0.1], [0.1], [0.1]], tile_faces)])
+    assert asked == [1, ZOOM_GRID_NONE ** 2] and len(faces) == 1
+    assert np.allclose(faces[0].box, [0.24 * 800, 0.24 * 600, 0.36 * 800, 0.36 * 600])  # tile 0 is 0.6 wide

@@ -27,9 +27,13 @@ from service.contract import (
     MAX_FACES,
     SCORE_THRESHOLD,
     ZOOM_BELOW,
+    ZOOM_CANDIDATE_SCORE,
+    ZOOM_CANDIDATE_WINDOW,
+    ZOOM_CANDIDATES_FROM,
     ZOOM_EDGE,
     ZOOM_GRID_NONE,
     ZOOM_GRID_SMALL,
+    ZOOM_MAX_CANDIDATES,
     ZOOM_OVERLAP,
 )
 
@@ -115,14 +119,21 @@ def detector_entry(size: int) -> dict:
 
 def zoom_entry() -> dict:
     return {"below_px": ZOOM_BELOW, "grid_none": ZOOM_GRID_NONE, "grid_small": ZOOM_GRID_SMALL,
-            "overlap": ZOOM_OVERLAP, "edge_px": ZOOM_EDGE,
-            "method": "a second look when the whole-photo pass keeps no face (grid_none) or a face whose longer "
-                      "side is under below_px at the input (grid_small): the photo cut into grid x grid windows, "
-                      "each (1 + overlap) / grid of its width and height, evenly spaced from edge to edge, "
-                      "row-major; each window stretched to the input and post-processed as above; a window's "
-                      "box within edge_px (at the input) of an edge shared with another window goes; the "
-                      "whole-photo faces and the windows' (in photo coordinates) then go through the same NMS "
-                      "and max_faces"}
+            "overlap": ZOOM_OVERLAP, "edge_px": ZOOM_EDGE, "candidate_score": ZOOM_CANDIDATE_SCORE,
+            "candidate_window": ZOOM_CANDIDATE_WINDOW, "max_candidates": ZOOM_MAX_CANDIDATES,
+            "candidates_from": list(ZOOM_CANDIDATES_FROM),
+            "method": "closer looks after the whole photo's: (1) when it keeps no face, tiles of grid_none x grid_none "
+                      "('none'); when it keeps a face whose longer side is under below_px at the input, of "
+                      "grid_small x grid_small ('small'): windows (1 + overlap) / grid of the photo's width and "
+                      "height, evenly spaced from edge to edge, row-major, each stretched to the input and "
+                      "post-processed as above; a window's box within edge_px (at the input) of an edge shared "
+                      "with another window goes. (2) Boxes scored from candidate_score up but under "
+                      "score_threshold by the looks named in candidates_from ('photo', 'small'), after one NMS "
+                      "with the faces and away from them (IoU <= iou_threshold, containment under "
+                      "containment_threshold), best first, at most max_candidates: each gets a square window of "
+                      "candidate_window x its longer side, centred on it (black outside the photo); the best box "
+                      "there scoring >= score_threshold with IoU > iou_threshold with it is a face. All faces "
+                      "(photo coordinates) go through the same NMS and max_faces"}
 
 
 def landmarks_entry(size: int) -> dict:

@@ -195,10 +195,13 @@ def write_card(results: dict, models_dir: Path) -> None:
                      f"{row.get('photos_with_two_boxes_on_one_face', '')} |")
     zoom = onnx_entry(manifest, "catface")["postprocess"]["zoom"]
     lines += ["", f"'{det[0]['detector']}' is the detector on the whole photo alone, what the Core ML model finds. "
-              "The server then looks closer (the manifest's `postprocess.zoom`): where the whole-photo pass keeps "
+              "The server then looks closer (the manifest's `postprocess.zoom`): where the whole-photo look keeps "
               f"no face it runs the detector again on {zoom['grid_none']}x{zoom['grid_none']} overlapping tiles, "
               f"and where it keeps a face under {zoom['below_px']} px at the input, on "
-              f"{zoom['grid_small']}x{zoom['grid_small']} tiles; all faces then meet in one NMS. "
+              f"{zoom['grid_small']}x{zoom['grid_small']} tiles; then each box that the whole photo's look or the "
+              f"small-face tiles scored from {zoom['candidate_score']} up but under the threshold gets a window of "
+              f"its own ({zoom['candidate_window']}x its side, at most {zoom['max_candidates']} a photo), where a "
+              "face found on it counts; all faces meet in one NMS. "
               "'+ cat check' is what /detect answers: a face stays only when the breed classifier's cat output "
               f"on its crop is >= {catface_cat_threshold(manifest):g} (never tuned on this split).",
               "", *mosaic_table(det, "mosaic", "Several cats per photo (40 mosaics of 2x2 tiles: three validation cats "
@@ -218,14 +221,17 @@ def write_card(results: dict, models_dir: Path) -> None:
     selection = models_dir / "zoom_selection.json"
     if selection.exists():
         chosen = json.loads(selection.read_text())
-        lines += ["", f"How the closer look was chosen, on **training-split** photos only ({chosen['photos']}); "
-                  "'grids' = (tiles a side after a small face, after no face), 0 = no second look; every row "
-                  "with the cat check:", "",
-                  "| grids | Crawford recall | precision | false faces per dog photo | small-faces recall "
-                  "| Oxford photos with a face | photos looked at again |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['grids']} | {r['recall_iou50']:.3f} | {r['precision_iou50']:.3f} | "
-                  f"{r['false_faces_per_dog_photo']:.4f} | {r['small_faces_recall']:.3f} | "
-                  f"{r['oxford_with_a_face']:.3f} | {r['looked_again']} |" for r in chosen["candidates"]]
+        lines += ["", f"How the closer looks were chosen, on **training-split** photos only ({chosen['photos']}); "
+                  "tiles = (a side, after a small face / after no face), 0 = none; windows = the looks whose "
+                  "half-seen boxes got a window of their own (its side in boxes); every row with the cat check:", "",
+                  "| tiles | windows | Crawford recall | precision | false faces per dog photo | small-faces recall "
+                  "| Oxford photos with a face |", "|---|---|---|---|---|---|---|"]
+        for r in chosen["candidates"]:
+            z = r["zoom"]
+            windows = f"{', '.join(z['candidates_from'])} ({z['candidate_window']})" if z["candidates_from"] else "-"
+            lines.append(f"| {z['grid_small']} / {z['grid_none']} | {windows} | {r['recall_iou50']:.3f} | "
+                         f"{r['precision_iou50']:.3f} | {r['false_faces_per_dog_photo']:.4f} | "
+                         f"{r['small_faces_recall']:.3f} | {r['oxford_with_a_face']:.3f} |")
         lines += ["", chosen["rule"]]
     oxford = results.get("oxford_cat_photos")
     if oxford:
