@@ -220,19 +220,22 @@ class CatFace:
         together: each round, one detector call for every photo that has a look left."""
         looks = [self.face_looks(image, zoom) for image in images]
         found: list[list[Face]] = [[] for _ in images]
-        rows = {n: advance(look, None) for n, look in enumerate(looks)}
-        while pending := {n: x for n, (x, _) in rows.items() if x is not None}:
-            for n, (_, faces) in rows.items():
-                if faces is not None:
-                    found[n] = faces
-            scores, boxes = self.detector.run(np.concatenate(list(pending.values())))
-            rows, start = {}, 0
-            for n, x in pending.items():
-                rows[n] = advance(looks[n], (scores[start:start + len(x)], boxes[start:start + len(x)]))
+        outputs: dict[int, tuple[np.ndarray, np.ndarray] | None] = {n: None for n in range(len(images))}
+        while outputs:
+            rows: dict[int, np.ndarray] = {}
+            for n, out in outputs.items():
+                x, faces = advance(looks[n], out)
+                if x is None:
+                    found[n] = faces or []
+                else:
+                    rows[n] = x
+            if not rows:
+                break
+            scores, boxes = self.detector.run(np.concatenate(list(rows.values())))
+            outputs, start = {}, 0
+            for n, x in rows.items():
+                outputs[n] = (scores[start:start + len(x)], boxes[start:start + len(x)])
                 start += len(x)
-        for n, (_, faces) in rows.items():
-            if faces is not None:
-                found[n] = faces
         return found
 
     def detect(self, images: list[Image.Image], breeds: bool = True, zoom: bool = True) -> list[list[Face]]:
