@@ -100,8 +100,8 @@ class CatFace:
             on_candidate = [i for i, (box, window) in enumerate(zip(found[:, :4], found[:, 5].astype(int)))
                             if iou(box, chosen[window, None, :4])[0] > self.iou_threshold]
             faces = self._best(np.concatenate([faces, found[on_candidate, :5]]), self.max_faces)
-        w, h = image.size
-        return [Face((row[:4] * [w, h, w, h]).astype(np.float32), float(row[4])) for row in faces]
+        w, h = image.size  # (a window around a half-seen box may reach past the photo: clamp)
+        return [Face((np.clip(row[:4], 0, 1) * [w, h, w, h]).astype(np.float32), float(row[4])) for row in faces]
 
     def zoom_windows(self, faces: np.ndarray, image: Image.Image) -> tuple[np.ndarray, str]:
         """The tiles (normalised windows) of the closer look after the whole photo's look kept
