@@ -16,7 +16,7 @@ from PIL import Image
 
 from . import geometry
 from .contract import BREED_CROP_SCALE
-from .detection import around, from_tile, iou, nms, overlap_of_smaller, select_faces, tiles, zoom_grid
+from .detection import around, from_tile, iou, nms, select_faces, tiles, zoom_grid
 from .geometry import to_chw
 from .runtime import DEFAULT_MODELS_DIR, OnnxModel, load_models
 
@@ -115,12 +115,11 @@ class CatFace:
 
     def candidate_windows(self, candidates: np.ndarray, faces: np.ndarray,
                           image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-        """A window of its own (normalised) around each half-seen box that no face covers, best
-        first, at most max_candidates; and those boxes' rows, in the windows' order."""
-        away = [c for c in candidates if not len(faces) or (iou(c[:4], faces[:, :4]).max() <= self.iou_threshold
-                                                             and overlap_of_smaller(c[:4], faces[:, :4]).max()
-                                                             < self.containment)]
-        chosen = np.array(away[: self.zoom["max_candidates"]], np.float32).reshape(-1, 5)
+        """A window of its own (normalised) around each half-seen box that no face covers (the
+        NMS of faces and boxes together: a face always scores higher), best first, at most
+        max_candidates; and those boxes' rows, in the windows' order."""
+        rows = self._best(np.concatenate([faces, candidates]), None)
+        chosen = rows[rows[:, 4] < self.score_threshold][: self.zoom["max_candidates"]]
         w, h = image.size
         return around(chosen[:, :4] * [w, h, w, h], self.zoom["candidate_window"], w, h), chosen
 

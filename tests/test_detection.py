@@ -2,7 +2,6 @@
 rules that decide how many faces a photo has, and the tiles of the closer second look."""
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,6 +21,7 @@ from service.contract import (
 )
 from service.detection import around, from_tile, select_faces, tiles, zoom_grid
 from service.pipeline import CatFace
+from service.runtime import read_manifest
 
 from .conftest import MODELS
 
@@ -97,8 +97,8 @@ def test_a_half_seen_box_gets_a_square_window_around_it_that_may_reach_past_the_
 def looks_of(outputs: list[tuple[list, list]]) -> tuple[list[int], list]:
     """Run CatFace.face_looks on an 800x600 photo with the shipped post-processing, answering each
     look with the given (scores, boxes) of its windows; the rows each look asked for, and the faces."""
-    manifest = json.loads((MODELS / "manifest.json").read_text())["models"]
-    models = {e["name"]: SimpleNamespace(entry=e, input_size=(256, 256)) for e in manifest if e["format"] == "onnx"}
+    models = {e["name"]: SimpleNamespace(entry=e, input_size=(256, 256))
+              for e in read_manifest(MODELS)["models"] if e["format"] == "onnx"}
     looks = CatFace(models).face_looks(Image.new("RGB", (800, 600)))
     asked = [len(next(looks))]
     for scores, boxes in outputs:
