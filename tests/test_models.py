@@ -13,7 +13,7 @@ from service.detection import iou
 from service.pipeline import load
 from service.runtime import ModelFileError, load_models
 from training import data
-from training.evaluate import kittens
+from training.evaluate import boxes_found, kittens
 
 from .conftest import DATA, EARED_DOG, MODELS, data_file, ground_truth, photo
 
@@ -83,7 +83,7 @@ def test_kittens_side_by_side_each_get_their_face(catface, scale):
     faces about 97, 68 and 48 px wide, as in a user's photo of a litter: /detect finds each
     kitten's face once (the closer looks do it: the whole-photo look alone finds one or two)."""
     data_file(data.KITTENS_PHOTO)
-    (result,) = kittens(DATA, lambda image: [f.box for f in catface.detect([image])[0]], scales=(scale,)).values()
+    (result,) = kittens(DATA, boxes_found(catface), scales=(scale,)).values()
     assert result["found"] == result["boxes"] == result["kittens"] == 3
 
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,14 @@ FIVE_POINTS = [0, 1, 2, 4, 7]  # eyes, mouth, ear tips: the published anchor's p
 ONE_PASS = "catface, one pass (the Core ML detector)"
 ZOOMED = "catface + closer look"
 SERVED = "catface + closer look + cat check (what /detect answers)"
+
+
+def boxes_found(catface: CatFace, **how):
+    """detect(PIL image) -> the face boxes CatFace.detect(..., **how) answers (the defaults: what
+    /detect answers), for the tables below."""
+    def detect(image: Image.Image) -> list[np.ndarray]:
+        return [f.box for f in catface.detect([image], **how)[0]]
+    return detect
 
 
 def match(truth: list[np.ndarray], found: list[np.ndarray], threshold: float = 0.5) -> list[int | None]:
@@ -300,11 +309,7 @@ def main(argv=None):
     catface = load(args.models, args.threads)
     cats, dogs = split_sources(args.data, "val")
     results = {"validation": {"cat_photos": len(cats), "dog_photos": len(dogs)}}
-    def detector(**how):
-        def boxes(image: Image.Image) -> list[np.ndarray]:
-            return [f.box for f in catface.detect([image], **how)[0]]
-        return boxes
-
+    detector = partial(boxes_found, catface)
     rows = {ONE_PASS: detector(breeds=False, zoom=False), ZOOMED: detector(breeds=False), SERVED: detector(),
             "OpenCV Haar (frontalcatface_extended)": haar_detector()}
     results["detection"] = []

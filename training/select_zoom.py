@@ -18,7 +18,7 @@ from PIL import Image
 
 from service.pipeline import load
 
-from .evaluate import detection_table, small_faces_recall
+from .evaluate import boxes_found, detection_table, small_faces_recall
 from .train_breeds import datasets as breed_datasets
 from .train_detector import split_sources
 
@@ -60,9 +60,7 @@ def main(argv=None):
     oxford, _, _ = breed_datasets(args.data)  # Oxford *training* cat photos
     oxford = [oxford[i] for i in sorted(rng.choice(len(oxford), 300, replace=False))]
 
-    def served(image: Image.Image) -> list[np.ndarray]:
-        return [f.box for f in catface.detect([image])[0]]
-
+    served = boxes_found(catface)  # what /detect answers
     out = []
     for candidate in CANDIDATES:
         catface.zoom = {**shipped, **candidate}
