@@ -23,6 +23,7 @@ from service.pipeline import CatFace, Face, load
 
 from . import data
 from .haar import haar_cascade, haar_faces
+from .metrics import breed_metrics
 from .model_card import draw_confusion, write_card
 from .train_breeds import datasets as breed_datasets
 from .train_detector import split_sources
@@ -238,22 +239,6 @@ def landmark_errors(catface: CatFace, cats) -> dict:
                      "error_5pt_of_box": float(np.mean([b for _, b, _ in r])),
                      "per_point_nme": dict(zip(data.LANDMARK_NAMES, per_point.round(4).tolist()))}
     return out
-
-
-def breed_metrics(pred: np.ndarray, labels: np.ndarray) -> dict:
-    """Top-1 and macro scores; pred -1 = no answer (counts as wrong, in no confusion column)."""
-    k = len(data.BREEDS)
-    confusion = np.zeros((k, k), int)
-    for t, p in zip(labels, pred):
-        if p >= 0:
-            confusion[t, p] += 1
-    precision = np.diag(confusion) / np.maximum(confusion.sum(0), 1)
-    recall = np.diag(confusion) / np.maximum(np.bincount(labels, minlength=k), 1)
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
-    return {"photos": int(len(labels)), "top1": float((pred == labels).mean()),
-            "macro_precision": float(precision.mean()),
-            "macro_recall": float(recall.mean()), "macro_f1": float(f1.mean()), "unanswered": int((pred < 0).sum()),
-            "recall_per_breed": dict(zip(data.BREEDS, recall.round(3).tolist())), "confusion": confusion.tolist()}
 
 
 def faces_per_photo(counts: list[int], breeds: list[int]) -> dict:

@@ -38,6 +38,7 @@ from service import geometry
 from service.contract import BREED_CROP_SCALE, BREED_INPUT, CAT_THRESHOLD
 
 from . import data, loop
+from .metrics import breed_metrics
 from .nets import CatBreedClassifier, pretrained_backbone
 
 # ---- config -------------------------------------------------------------------------------
@@ -174,16 +175,6 @@ def face_boxes(paths: list[Path]) -> list[np.ndarray | None]:
     return out
 
 
-def breed_metrics(pred: np.ndarray, labels: np.ndarray) -> dict:
-    recalls, f1s = [], []
-    for c in range(len(data.BREEDS)):
-        tp = int(((pred == c) & (labels == c)).sum())
-        precision, recall = tp / max(int((pred == c).sum()), 1), tp / max(int((labels == c).sum()), 1)
-        recalls.append(recall)
-        f1s.append(2 * precision * recall / max(precision + recall, 1e-9))
-    return {"top1": float((pred == labels).mean()), "macro_f1": float(np.mean(f1s)), "min_recall": float(min(recalls))}
-
-
 def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_items, epochs, rng, log, lr,
         train_from, val=None):
     """Fine-tune the tail from block `train_from`: each epoch one random view of every breed photo
@@ -273,10 +264,7 @@ def selection_report_of(model, c, full_views, face_views, labels):
         if with_face:
             face = predict(model, c["feats"][[face_views[i] for i in with_face]])[0]
             both[with_face] = (whole[with_face] + face) / 2
-        pred = both.argmax(1)
-        recall = {data.BREEDS[b]: round(float((pred[labels == b] == b).mean()), 3)
-                  for b in range(len(data.BREEDS)) if (labels == b).any()}
-        return {"select": breed_metrics(pred, labels), "select_recall": recall}
+        return {"select": breed_metrics(both.argmax(1), labels)}  # its recall_per_breed included
     return report
 
 
