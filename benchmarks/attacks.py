@@ -20,6 +20,7 @@ Attacks (each reproduces a finding of issue 14):
   big-uploads     4 concurrent 19 MB uploads (bodies must not go to the 64 MiB /tmp)
   burst           64 concurrent honest /detect (memory)
   no-cat-burst    64 concurrent honest /detect of dog photos (no cat face: the most detector looks)
+  many-faces      16 concurrent honest /detect of a photo of 20 cat faces (the largest model items)
 
     python benchmarks/attacks.py [--attack NAME ...] [--seconds 12] [--memory-limit-mb 1024]
 
@@ -89,6 +90,21 @@ def truncated_jpeg(side: int = 7000, keep: int = 692) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (side, side), (120, 120, 120)).save(out, "JPEG", quality=50)
     return out.getvalue()[:keep]
+
+
+def many_faces(photos: list[bytes], columns: int = 5, rows: int = 4, cell: int = 320) -> bytes:
+    """A JPEG of columns x rows cat photos (centre squares): one honest photo of 20 cat faces,
+    whose crops make one model item of 21 rows (the detector's max_faces, plus the photo)."""
+    mosaic = Image.new("RGB", (columns * cell, rows * cell))
+    for n in range(columns * rows):
+        image = Image.open(io.BytesIO(photos[n % len(photos)])).convert("RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        square = image.crop((left, top, left + side, top + side)).resize((cell, cell))
+        mosaic.paste(square, ((n % columns) * cell, (n // columns) * cell))
+    out = io.BytesIO()
+    mosaic.save(out, "JPEG", quality=90)
+    return out.getvalue()
 
 
 def big_upload(photo: bytes, size: int = 19 * 1024 * 1024) -> bytes:
@@ -178,11 +194,14 @@ def attack_jobs(name: str, port: int, photos: list[bytes]):
     if name == "no-cat-burst":  # photos without a cat face ask for the most detector looks each
         bodies = [multipart(photos[CATS + i % (len(photos) - CATS)]) for i in range(64)]
         return [post(port, "/detect", b, t) for b, t in bodies], False
+    if name == "many-faces":
+        body, content_type = multipart(many_faces(photos[:CATS]))
+        return [post(port, "/detect", body, content_type) for _ in range(16)], False
     raise ValueError(f"unknown attack {name!r}")
 
 
 ATTACKS = ["decode-bomb", "slow-upload", "pixel-bomb", "annotate-bomb", "thin-annotate", "big-uploads", "burst",
-           "no-cat-burst"]
+           "no-cat-burst", "many-faces"]
 CATS = 8  # the photos are CATS cat photos, then dog photos
 
 

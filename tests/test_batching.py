@@ -100,17 +100,21 @@ def test_each_caller_gets_its_own_rows_of_every_output():
     assert order == sorted(order)
 
 
-def test_an_item_larger_than_the_batch_runs_alone_whole():
+def test_an_item_larger_than_the_batch_runs_alone_in_slices_and_comes_back_whole():
+    # The model's memory is bounded by its largest call: a photo of many faces must not make one.
     async def scenario():
         model = Model()
-        batcher, _ = make(model, max_batch_size=4)
+        batcher, recorder = make(model, max_batch_size=4)
         batcher.start()
-        (y, _z) = await batcher.submit(rows(7, 9))
+        (y, z), other = await asyncio.gather(batcher.submit(rows(7, 9)), batcher.submit(rows(8, 1)))
         await batcher.close()
-        return model, y
+        return model, recorder, y, z, other
 
-    model, y = asyncio.run(scenario())
-    assert np.array_equal(y, rows(7, 9) * 2) and [len(b) for b in model.batches] == [9]
+    model, recorder, y, z, other = asyncio.run(scenario())
+    assert np.array_equal(y, rows(7, 9) * 2) and np.array_equal(z, rows(7, 9) + 1)
+    assert np.array_equal(other[0], rows(8, 1) * 2)
+    assert [len(b) for b in model.batches] == [4, 4, 1, 1]
+    assert recorder.sizes == [9, 1], "the big item was one batch, the next caller's another"
 
 
 def test_wait_is_counted_from_the_oldest_item():
