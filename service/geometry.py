@@ -26,9 +26,10 @@ def move_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return points @ matrix[:2, :2].T + matrix[:2, 2]
 
 
-def to_chw(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Stretch to (height, width) when a size is given, and lay out as CHW float32 0..255: a
-    model input row. The one such helper, for the server and the training code."""
+def to_chw(image: Image.Image, size: tuple[int, int] | None = None, dtype: type = np.float32) -> np.ndarray:
+    """Stretch to (height, width) when a size is given, and lay out as CHW 0..255: a model input
+    row. The one such helper, for the server and the training code. The service keeps its rows
+    uint8 (exact: the pixels are whole numbers) until the model call makes them float32."""
     if size is not None and image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(image, np.float32).transpose(2, 0, 1)
+    return np.asarray(image, dtype).transpose(2, 0, 1)
