@@ -223,12 +223,14 @@ def write_card(results: dict, models_dir: Path) -> None:
         chosen = json.loads(selection.read_text())
         lines += ["", f"How the closer looks were chosen, on **training-split** photos only ({chosen['photos']}); "
                   "tiles = (a side, after a small face / after no face), 0 = none; windows = the looks whose "
-                  "half-seen boxes got a window of their own (its side in boxes); every row with the cat check:", "",
+                  "half-seen boxes got a window of their own (its side in boxes, and the score from which a box is "
+                  "half-seen); every row with the cat check:", "",
                   "| tiles | windows | Crawford recall | precision | false faces per dog photo | small-faces recall "
                   "| Oxford photos with a face |", "|---|---|---|---|---|---|---|"]
         for r in chosen["candidates"]:
             z = r["zoom"]
-            windows = f"{', '.join(z['candidates_from'])} ({z['candidate_window']})" if z["candidates_from"] else "-"
+            windows = (f"{', '.join(z['candidates_from'])} ({z['candidate_window']}; from {z['candidate_score']})"
+                       if z["candidates_from"] else "-")
             lines.append(f"| {z['grid_small']} / {z['grid_none']} | {windows} | {r['recall_iou50']:.3f} | "
                          f"{r['precision_iou50']:.3f} | {r['false_faces_per_dog_photo']:.4f} | "
                          f"{r['small_faces_recall']:.3f} | {r['oxford_with_a_face']:.3f} |")
