@@ -21,7 +21,7 @@ class Settings:
     models_dir: Path = DEFAULT_MODELS_DIR
     # Batching engine, per model.
     max_batch_size: int = 4         # rows per onnxruntime call; 1 = batching off. benchmarks/memory.py: 16 held
-                                    # 1.08 GB idle (the arena keeps the batch-16 warm-up) for 1.06x the photos/s
+                                    # 0.95 GB idle (the arena keeps the batch-16 warm-up) for 1.06x the photos/s
     max_wait_ms: float = 2.0        # longest wait for more rows, counted from the oldest queued item
     queue_size: int = 16            # queued requests per model before answering 503
     # Admission: bodies are read and decoded before they reach a queue, so bound them too.
