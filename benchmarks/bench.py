@@ -63,9 +63,9 @@ def jobs_for(photos: list[tuple[str, bytes]], path: str) -> list[tuple[str, byte
     return jobs
 
 
-def service_rows(photos, args) -> tuple[list[dict], dict]:
+def service_rows(photos, args, modes: dict[str, dict[str, str]] = MODES) -> tuple[list[dict], dict]:
     rows, peaks = [], {}
-    for mode, env in MODES.items():
+    for mode, env in modes.items():
         server = Server({**COMMON_ENV, **env, "CATFACE_THREADS": str(args.threads)})
         try:
             for path in ENDPOINTS:
@@ -117,18 +117,13 @@ def in_process_rows(photos, args) -> tuple[list[dict], dict]:
         catface.detect([p.image for p in batch])
         return len(batch)
 
-    def breeds(i: int, n: int) -> int:  # what /breeds does: the detector, then the classifier on photos with a face
+    def breeds(i: int, n: int) -> int:
+        # What /breeds does (CatFace.classify), photos batched: the detector's whole-photo look, then the
+        # classifier on every photo's face crops and the photo itself (a photo without a face too).
         batch = [p.image for p in decoded(i, n)]
-        scores, boxes = catface.detector.run(np.stack([catface.detector_input(im) for im in batch]))
-        found = [(im, catface.faces_from(s, b, im)) for s, b, im in zip(scores, boxes, batch)]
-        rows = [breed_rows(im, faces) for im, faces in found if faces]
-        if rows:
-            catface.classifier.run(np.concatenate(rows))
+        found = catface.faces(batch, zoom=False)
+        catface.classifier.run(np.concatenate([catface.breed_inputs(im, faces) for im, faces in zip(batch, found)]))
         return len(batch)
-
-    def breed_rows(image, faces) -> np.ndarray:
-        # The classifier's rows for one photo, as service.analysis builds them: the face crops and the whole photo.
-        return catface.breed_inputs(image, faces)
 
     pre = decoded(0, len(blobs)) * 2  # for the model-only row; doubled so slices wrap around
     catface.detect([p.image for p in pre[:MAX_BATCH]])  # warm-up at the batch size
