@@ -86,3 +86,22 @@ def test_tiny_breeds_export_is_served_by_the_pipeline(runs, tmp_path):
     assert answer.cat == (answer.cat_score >= contract.CAT_THRESHOLD) and answer.basis in ("face_and_photo", "photo")
     scores = [score for _, score in answer.breeds]
     assert scores == sorted(scores, reverse=True) and all(s >= pipeline.breed_threshold for s in scores)
+
+
+def test_refit_cat_changes_the_cat_output_only(tmp_path):
+    """training.refit_cat fits the cat unit again in a copy of the models: every breed probability
+    stays, the copy loads the service's way (sha256 checked), and the table compares every kind of
+    view of cats and dogs before and after."""
+    from training import refit_cat
+
+    refit_cat.main(["--data", str(DATA), "--models", str(MODELS), "--out", str(tmp_path), "--limit", "12",
+                    "--threads", "1"])
+    before, after = load(MODELS, threads=1), load(tmp_path / "models", threads=1)
+    rows = np.stack([before.breed_input(photo(p)) for p in CATS[:3]])
+    (p_before, c_before), (p_after, c_after) = before.classifier.run(rows), after.classifier.run(rows)
+    assert np.allclose(p_before, p_after, atol=1e-6)
+    assert not np.allclose(c_before, c_after, atol=1e-9) and ((0 <= c_after) & (c_after <= 1)).all()
+    refit = json.loads((tmp_path / "cat_refit.json").read_text())
+    assert {(v["photos"], v["view"]) for v in refit["views"]} == {
+        (a, v) for a in ("cat", "dog") for v in refit_cat.KINDS}
+    assert set(refit["served"]["before"]) == set(refit["served"]["after"])

@@ -224,7 +224,7 @@ def write_card(results: dict, models_dir: Path) -> None:
         lines += ["", f"How the closer looks were chosen, on **training-split** photos only ({chosen['photos']}); "
                   "tiles = (a side, after a small face / after no face), 0 = none; windows = the looks whose "
                   "half-seen boxes got a window of their own (its side in boxes, and the score from which a box is "
-                  "half-seen); every row with the cat check:", "",
+                  f"half-seen); every row with the cat check ({chosen['cat_check']}'s):", "",
                   "| tiles | windows | Crawford recall | precision | false faces per dog photo | small-faces recall "
                   "| Oxford photos with a face |", "|---|---|---|---|---|---|---|"]
         for r in chosen["candidates"]:

@@ -76,7 +76,9 @@ def main(argv=None):
         out.append(row)
     photos = f"{len(cats)} Crawford cat photos, {len(dogs)} dog photos, {len(oxford)} Oxford cat photos"
     (args.models / "zoom_selection.json").write_text(json.dumps(
-        {"split": "train", "photos": photos, "shipped": shipped, "candidates": out, "rule": RULE}, indent=1) + "\n")
+        {"split": "train", "photos": photos, "shipped": shipped,
+         "cat_check": f"catbreeds {catface.classifier.entry['version']}", "candidates": out, "rule": RULE},
+        indent=1) + "\n")
 
 
 if __name__ == "__main__":
