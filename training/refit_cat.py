@@ -80,25 +80,28 @@ def embed(session: ort.InferenceSession, name: str, rows: np.ndarray) -> np.ndar
     return np.stack([x[: len(rows)], x[len(rows):]], axis=1)
 
 
-def embeddings(low: CatFace, session, name, photos: list[tuple[Path, bool]], rng):
-    """Per view: (embedding pair, is a cat, photo index, its kind)."""
-    out, batch = [], []
+def embeddings(low: CatFace, session, name, photos: list[tuple[Path, bool]], rng) -> dict[str, np.ndarray]:
+    """Every view of every photo: "pairs" (V, 2, D) embeddings (the view's and its mirror's),
+    "is_cat", "owner" (photo index) and "kind" (one of KINDS)."""
+    pairs, is_cat, owner, kind, batch = [], [], [], [], []
 
     def flush():
-        e = embed(session, name, np.stack([v for v, *_ in batch]))
-        out.extend((pair, *rest) for pair, (_, *rest) in zip(e, batch))
+        pairs.extend(embed(session, name, np.stack(batch)))
         batch.clear()
 
-    for i, (path, is_cat) in enumerate(photos):
-        for kind, v in zip(KINDS, served_views(low, Image.open(path).convert("RGB"), rng)):
-            batch.append((v, is_cat, i, kind))
+    for i, (path, cat) in enumerate(photos):
+        for k, v in zip(KINDS, served_views(low, Image.open(path).convert("RGB"), rng)):
+            batch.append(v)
+            is_cat.append(cat)
+            owner.append(i)
+            kind.append(k)
         if len(batch) >= 16:
             flush()
         if i % 500 == 0:
             print(f"  {i}/{len(photos)} photos", flush=True)
     if batch:
         flush()
-    return out
+    return {"pairs": np.stack(pairs), "is_cat": np.array(is_cat), "owner": np.array(owner), "kind": np.array(kind)}
 
 
 def fit_unit(x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,9 +131,10 @@ def keep_cats(pairs, kind, w, b, w0, b0, threshold: float) -> np.ndarray:
     """The fitted unit's bias, raised as little as needed that each kind of cat view (`pairs`: cat
     views of the fit part) is called a cat at least as often as the old unit called it: the re-fit
     may turn more dogs away, not more cats."""
+    old = {k: (cat_probability(pairs[kind == k], w0, b0) >= threshold).mean() for k in KINDS}
+
     def short(bias):
-        return any((cat_probability(pairs[kind == k], w, bias) >= threshold).mean()
-                   < (cat_probability(pairs[kind == k], w0, b0) >= threshold).mean() for k in KINDS)
+        return any((cat_probability(pairs[kind == k], w, bias) >= threshold).mean() < old[k] for k in KINDS)
 
     low, high = 0.0, 20.0
     if not short(b):
@@ -185,16 +189,12 @@ def main(argv=None):
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     cache = args.out / f"embeddings-{export.file_facts(path)['sha256'][:12]}-{args.limit}.npz"
     if cache.exists():  # (the same file and photos: the views' embeddings do not change)
-        views = list(zip(*[np.load(cache)[k] for k in ("pairs", "is_cat", "owner", "kind")]))
+        views = dict(np.load(cache))
     else:
         views = embeddings(low, session, name, photos, np.random.default_rng(0))
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, pairs=np.stack([v[0] for v in views]), is_cat=np.array([v[1] for v in views]),
-                 owner=np.array([v[2] for v in views]), kind=np.array([v[3] for v in views]))
-    pairs = np.stack([v[0] for v in views])
-    is_cat = np.array([v[1] for v in views])
-    owner = np.array([v[2] for v in views])
-    kind = np.array([v[3] for v in views])
+        np.savez(cache, **views)
+    pairs, is_cat, owner, kind = views["pairs"], views["is_cat"], views["owner"], views["kind"]
     checked = left_out[owner]
 
     init = {i.name: i for i in model.graph.initializer}
@@ -223,9 +223,10 @@ def main(argv=None):
             initializer.CopyFrom(numpy_helper.from_array(value.astype(np.float32), initializer.name))
 
     noisy = {p for p, _ in extra}  # (small web photos: the product check reads Oxford and Crawford)
-    check_cats = [p for (p, c), out in zip(photos, left_out) if out and c and p not in noisy]
-    check_dogs = [p for (p, c), out in zip(photos, left_out) if out and not c]
-    out_crawford = [c for c in crawford[lim] if data.split_of("catcheck/" + c.path.name, CHECK_PERCENT) == "val"]
+    left_paths = {p for (p, _), out in zip(photos, left_out) if out}
+    check_cats = [p for p, c in photos if c and p in left_paths and p not in noisy]
+    check_dogs = [p for p, c in photos if not c and p in left_paths]
+    out_crawford = [c for c in crawford[lim] if c.path in left_paths]
     product = {"before": product_check(catface, check_cats, check_dogs, out_crawford)}
     catface.classifier.session = ort.InferenceSession(refit.SerializeToString(), options,
                                                       providers=["CPUExecutionProvider"])
