@@ -53,6 +53,7 @@ MODES = {  # name -> server environment
 # (overload.py measures those).
 COMMON_ENV = {"CATFACE_QUEUE_SIZE": "256", "CATFACE_MAX_INFLIGHT": "256", "CATFACE_LOG_LEVEL": "warning"}
 ENDPOINTS = ("/detect", "/breeds")
+NO_BREEDS = "/detect without breeds (detector + landmarks)"  # an in-process row, no endpoint
 
 
 def jobs_for(photos: list[tuple[str, bytes]], path: str) -> list[tuple[str, bytes]]:
@@ -112,9 +113,9 @@ def in_process_rows(photos, args) -> tuple[list[dict], dict]:
     def decoded(i: int, n: int):
         return [imaging.decode(blobs[(i + k) % len(blobs)], **decode_kw) for k in range(n)]
 
-    def detect(i: int, n: int, decode: bool = True) -> int:
+    def detect(i: int, n: int, decode: bool = True, breeds: bool = True) -> int:
         batch = decoded(i, n) if decode else pre[i % len(blobs): i % len(blobs) + n]
-        catface.detect([p.image for p in batch])
+        catface.detect([p.image for p in batch], breeds=breeds)
         return len(batch)
 
     def breeds(i: int, n: int) -> int:
@@ -132,7 +133,10 @@ def in_process_rows(photos, args) -> tuple[list[dict], dict]:
              ("/detect", 1, lambda i: detect(i, 1)),
              ("/breeds", MAX_BATCH, lambda i: breeds(i, MAX_BATCH)),
              ("/breeds", 1, lambda i: breeds(i, 1)),
-             ("/detect (models only)", MAX_BATCH, lambda i: detect(i, MAX_BATCH, decode=False))]
+             ("/detect (models only)", MAX_BATCH, lambda i: detect(i, MAX_BATCH, decode=False)),
+             # /detect's floor: the same photos through the detector's looks and the landmarks,
+             # no breed classifier (and so no cat check): what any classifier would add to
+             (NO_BREEDS, MAX_BATCH, lambda i: detect(i, MAX_BATCH, breeds=False))]
     for path, batch, step in cases:
         wall, times, done = timed(step, args.requests, args.seconds)
         rows.append({"setup": "in-process", "endpoint": path, "batching": f"batch {batch}", "concurrency": None,
@@ -212,6 +216,9 @@ def summary(rows: list[dict], levels: list[int]) -> dict:
     top = ceiling(rows, "/detect")
     if top and haar:
         out["in_process_detect_over_haar"] = round(top["rps"] / haar["rps"], 2)
+    floor = find(rows, setup="in-process", endpoint=NO_BREEDS)
+    if floor and haar:
+        out["detector_landmarks_over_haar"] = round(floor["rps"] / haar["rps"], 2)
     return out
 
 

@@ -23,7 +23,7 @@ from benchmarks.harness import REPO, machine, model_versions, real_photos  # noq
 
 CONCURRENCY = 16
 RATIOS = ("service_over_haar /detect c=16", "service_over_ceiling /detect c=16", "service_over_ceiling /breeds c=16",
-          "in_process_detect_over_haar")
+          "in_process_detect_over_haar", "detector_landmarks_over_haar")
 
 
 def main() -> None:
