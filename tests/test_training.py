@@ -105,3 +105,35 @@ def test_refit_cat_changes_the_cat_output_only(tmp_path):
     assert {(v["photos"], v["view"]) for v in refit["views"]} == {
         (a, v) for a in ("cat", "dog") for v in refit_cat.KINDS}
     assert set(refit["served"]["before"]) == set(refit["served"]["after"])
+
+
+def test_a_cat_photos_strip_without_a_face_holds_no_face():
+    """train_detector's hard negatives of cats: the strip it cuts from a cat photo keeps clear of
+    every face (grown by BODY_MARGIN), and a photo the face fills gives none."""
+    from PIL import Image
+
+    from training import train_detector
+
+    face = np.array([[40, 30], [80, 30], [60, 55], [30, 10], [35, 0], [45, 12], [75, 12], [85, 0], [90, 10]],
+                    np.float32)  # ears at the top: the box is (30, 0)-(90, 55)
+    strip = train_detector.without_faces(Image.new("RGB", (120, 200)), [face])
+    assert strip is not None and strip.size == (120, 200 - 70)  # below 55 + 0.25 x 60
+    assert train_detector.without_faces(Image.new("RGB", (100, 70)), [face]) is None
+
+
+def test_detector_rebuilt_from_onnx_fine_tunes_with_its_batch_norms_frozen(tmp_path):
+    """training.from_onnx rebuilds the shipped detector from its float ONNX file (checked against
+    onnxruntime inside), and train_detector --freeze-bn trains from it without touching the BN
+    statistics that hold the folded biases."""
+    from training import from_onnx, train_detector
+
+    checkpoint = tmp_path / "rebuilt" / "checkpoint.pt"
+    from_onnx.main(["--onnx", str(MODELS / "catface.onnx"), "--out", str(checkpoint)])
+    train_detector.main(["--data", str(DATA), "--out", str(tmp_path / "tuned"), "--init", str(checkpoint),
+                         "--freeze-bn", "--bodies", "0.5", "--epochs", "1", "--steps", "1", "--limit", "4",
+                         "--threads", "1"])
+    before = torch.load(checkpoint, map_location="cpu")["model"]
+    after = torch.load(tmp_path / "tuned" / "checkpoint.pt", map_location="cpu")["model"]
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    assert not all(torch.equal(before[k], after[k]) for k in before)  # it did train

@@ -76,10 +76,15 @@ def fine_tuning(model: torch.nn.Module, frozen_blocks: int, lr_head: float,
     return optimiser, frozen
 
 
-def train_mode(model: torch.nn.Module, frozen: list[torch.nn.Module]) -> None:
+def train_mode(model: torch.nn.Module, frozen: list[torch.nn.Module], frozen_bn: bool = False) -> None:
+    """Training mode, but the frozen layers (and with frozen_bn, every BatchNorm) keep their statistics."""
     model.train()
     for module in frozen:
         module.eval()
+    if frozen_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
 
 
 class WarmupCosine:

@@ -4,8 +4,11 @@ check included) on Crawford training cats and dogs, mosaics of small faces made 
 Oxford training cat photos. Writes models/zoom_selection.json, which the model card shows.
 
     python -m training.select_zoom --data ../shared/data --models models
+    python -m training.select_zoom --models runs/models-new --shipped-only --out runs/new-zoom.json
 
-The validation split never enters: evaluate.py reports the chosen rule there.
+--shipped-only measures the manifest's own closer look alone on the same photos: how a new detector
+compares with the shipped one before any validation run. The validation split never enters:
+evaluate.py reports the chosen rule there.
 """
 from __future__ import annotations
 
@@ -53,6 +56,8 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shipped-only", action="store_true", help="only the manifest's closer look")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: <models>/zoom_selection.json)")
     args = parser.parse_args(argv)
     catface = load(args.models, args.threads)
     shipped = dict(catface.zoom)
@@ -65,7 +70,7 @@ def main(argv=None):
 
     served = boxes_found(catface)  # what /detect answers
     out = []
-    for candidate in CANDIDATES:
+    for candidate in [{}] if args.shipped_only else CANDIDATES:
         catface.zoom = {**shipped, **candidate}
         row = detection_table(json.dumps(candidate), cats, dogs, served)
         row = {"zoom": candidate, **{k: row[k] for k in (
@@ -75,9 +80,11 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
         out.append(row)
     photos = f"{len(cats)} Crawford cat photos, {len(dogs)} dog photos, {len(oxford)} Oxford cat photos"
-    (args.models / "zoom_selection.json").write_text(json.dumps(
+    (args.out or args.models / "zoom_selection.json").write_text(json.dumps(
         {"split": "train", "photos": photos, "shipped": shipped,
-         "cat_check": f"catbreeds {catface.classifier.entry['version']}", "candidates": out, "rule": RULE},
+         "detector": f"catface {catface.detector.entry['version']}",
+         "cat_check": f"catbreeds {catface.classifier.entry['version']}", "candidates": out,
+         "rule": None if args.shipped_only else RULE},
         indent=1) + "\n")
 
 

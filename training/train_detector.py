@@ -53,6 +53,12 @@ SMALLEST_ZOOM = {1: 0.75, 2: 0.75, 3: 0.5, 4: 0.5}
 # Near a level's size boundary a face is neither positive nor background for the neighbour level.
 LEVEL_MARGIN = 1.5
 DOG_P = 0.3  # chance that a single photo or a mosaic tile is a dog photo
+# Hard negatives of cats: a tile that is a cat photo cut so that no face is in it (chest, paws, back,
+# tail: where users saw a second box), default none (catface 2.0.0 had none); BODY_MARGIN of the
+# face's longer side is kept clear around every face, so no ear or cut face is called background.
+BODY_P = 0.0
+BODY_MARGIN = 0.25
+BODY_MIN_SIDE = 48  # cached pixels: a thinner strip of photo is no body
 CACHE_SIDE = 320  # photos are kept in memory at this longer side
 # Hard poses, given to a share of the tiles (the first two training cycles had neither):
 # cats lying on their backs (any roll angle) and close-ups whose face overflows the photo.
@@ -69,9 +75,25 @@ def load_small(path: Path, side: int = CACHE_SIDE) -> tuple[Image.Image, float]:
     return image, scale
 
 
+def without_faces(image: Image.Image, faces: list[np.ndarray], margin: float = BODY_MARGIN) -> Image.Image | None:
+    """The largest strip of a cat photo (below, above, left or right of all its faces, each face's
+    box grown by `margin` of its longer side) that holds no face, or None if none is
+    BODY_MIN_SIDE wide and high."""
+    w, h = image.size
+    boxes = np.array([data.landmark_box(p, w, h) for p in faces]).reshape(-1, 4)
+    grow = margin * np.max(boxes[:, 2:] - boxes[:, :2], axis=1, keepdims=True)
+    x0, y0 = (boxes[:, :2] - grow).min(0)
+    x1, y1 = (boxes[:, 2:] + grow).max(0)
+    strips = [(0, int(np.ceil(y1)), w, h), (0, 0, w, int(y0)), (0, 0, int(x0), h), (int(np.ceil(x1)), 0, w, h)]
+    strips = [b for b in strips if min(b[2] - b[0], b[3] - b[1]) >= BODY_MIN_SIDE]
+    if not strips:
+        return None
+    return image.crop(max(strips, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])))
+
+
 class Sources:
     """Training photos held in memory: cats with landmarks (every cat face in them labelled),
-    and dogs (no cat face)."""
+    dogs (no cat face), and the cat photos' strips without a face (`without_faces`)."""
 
     def __init__(self, cats: list[data.CatPhoto], dogs: list[Path]):
         self.cats = []
@@ -79,9 +101,12 @@ class Sources:
             image, s = load_small(photo.path)
             self.cats.append((image, [p * s for p in photo.landmarks]))
         self.dogs = [(load_small(p)[0], []) for p in dogs]
+        strips = (without_faces(image, faces) for image, faces in self.cats if faces)
+        self.bodies = [(strip, []) for strip in strips if strip is not None]
 
-    def pick(self, rng, dog_p=DOG_P):
-        pool = self.dogs if rng.random() < dog_p else self.cats
+    def pick(self, rng, dog_p=DOG_P, body_p=BODY_P):
+        draw = rng.random()
+        pool = self.dogs if draw < dog_p else self.bodies if draw < dog_p + body_p and self.bodies else self.cats
         return pool[rng.integers(len(pool))]
 
 
@@ -92,6 +117,7 @@ class Poses:
     any_angle: float = ANY_ANGLE_P  # share of tiles rolled by a uniform angle in -180..180
     close_up: float = CLOSE_UP_P  # share of tiles zoomed in 1.35..2.2x
     grids: float = GRIDS_P  # share of images that are 3x3 or 4x4 grids
+    bodies: float = BODY_P  # share of tiles that are a cat photo's strip without a face
 
     def layouts(self) -> dict[int, float]:
         """Tiles per side -> share of images."""
@@ -142,7 +168,7 @@ def make_sample(sources: Sources, rng, poses: Poses, size: int = INPUT) -> tuple
         cells = [(edges[i], edges[j], edges[i + 1], edges[j + 1]) for j in range(tiles) for i in range(tiles)]
     faces = []
     for cell in cells:
-        faces += place(*sources.pick(rng), rng, cell, canvas, poses, SMALLEST_ZOOM[tiles])
+        faces += place(*sources.pick(rng, body_p=poses.bodies), rng, cell, canvas, poses, SMALLEST_ZOOM[tiles])
     canvas = user_photo_noise(jitter_colour(canvas, rng), rng)
     keep = [b for b, vis in faces if vis >= 0.6 and min(b[2] - b[0], b[3] - b[1]) >= 4]
     ignore = [b for b, vis in faces if not (vis >= 0.6 and min(b[2] - b[0], b[3] - b[1]) >= 4) and vis > 0.05]
@@ -280,6 +306,10 @@ def main(argv=None):
     parser.add_argument("--any-angle", type=float, default=ANY_ANGLE_P, help="share of tiles rolled by any angle")
     parser.add_argument("--close-up", type=float, default=CLOSE_UP_P, help="share of tiles zoomed in 1.35-2.2x")
     parser.add_argument("--grids", type=float, default=GRIDS_P, help="share of images that are 3x3 or 4x4 grids")
+    parser.add_argument("--bodies", type=float, default=BODY_P,
+                        help="share of tiles that are a cat photo's strip without a face (hard negatives)")
+    parser.add_argument("--freeze-bn", action="store_true",
+                        help="keep every BatchNorm in eval mode (needed from a checkpoint of training.from_onnx)")
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[INPUT, DETECTOR_INPUT],
                         help="input sides, one drawn per batch (multiples of 32), e.g. 192,256,320")
     parser.add_argument("--labels", type=Path, default=None,
@@ -293,18 +323,19 @@ def main(argv=None):
     sources = Sources(cats, dogs)
     sources_faces = faces_by_source(cats)  # recorded in every checkpoint (the exporter reads it)
     val_cats, val_dogs = split_sources(args.data, "val", args.limit)
-    print(f"train: {len(sources.cats)} cat photos, {len(sources.dogs)} dog photos; "
+    print(f"train: {len(sources.cats)} cat photos, {len(sources.dogs)} dog photos, {len(sources.bodies)} strips "
+          f"without a face; "
           f"val: {len(val_cats)} cats, {len(val_dogs)} dogs", flush=True)
 
     model = loop.initialised(CatFaceDetector(pretrained_backbone(), INPUT), args.init)
     optimiser, frozen = loop.fine_tuning(model, FROZEN_BLOCKS, LR_HEAD * args.lr_scale, LR_BACKBONE * args.lr_scale)
     schedule = loop.WarmupCosine(optimiser, args.epochs * args.steps, warmup_steps=100)
 
-    poses = Poses(args.any_angle, args.close_up, args.grids)
+    poses = Poses(args.any_angle, args.close_up, args.grids, args.bodies)
     step = 0
     with loop.JsonLog(args.out / "log.jsonl") as log:
         for epoch in range(args.epochs):
-            loop.train_mode(model, frozen)
+            loop.train_mode(model, frozen, args.freeze_bn)
             t0, losses = time.time(), []
             for _ in range(args.steps):
                 schedule.set(step)

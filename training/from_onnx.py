@@ -1,0 +1,96 @@
+"""A trainable catface checkpoint rebuilt from a shipped float ONNX file, for a run that must
+start from the shipped weights when their training checkpoint is gone.
+
+    python -m training.from_onnx --onnx models/catface.onnx --out runs/detector-2.0.0/checkpoint.pt
+
+The exporter folded every BatchNorm into the convolution before it, so the ONNX file holds no
+BN statistics. Each folded convolution gets the folded weight, and its BN becomes "add the folded
+bias" (weight 1, mean 0, variance 1 - eps). Train such a model with its BN layers in eval mode
+(train_detector --freeze-bn): batch statistics would undo the folding. The rebuilt net is
+checked against onnxruntime on random photos before it is written.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+from onnx import numpy_helper
+
+from service.contract import DETECTOR_INPUT
+
+from .nets import BN_EPS, CatFaceDetector, EfficientNetLite0
+
+
+def convs_in_order(model: nn.Module, size: int) -> list[nn.Conv2d]:
+    """The model's convolutions in the order a forward pass first runs them (the ONNX graph's order)."""
+    order: list[nn.Conv2d] = []
+    hooks = [m.register_forward_hook(lambda mod, _i, _o: order.append(mod) if mod not in order else None)
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return order
+
+
+def batch_norm_after(model: nn.Module) -> dict[nn.Conv2d, nn.BatchNorm2d]:
+    """Each convolution whose next sibling module is a BatchNorm (how nets.py builds them)."""
+    pairs = {}
+    for parent in model.modules():
+        children = list(parent.children())
+        for a, b in zip(children, children[1:]):
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                pairs[a] = b
+    return pairs
+
+
+def load_folded(model: CatFaceDetector, path: Path) -> CatFaceDetector:
+    graph = onnx.load(path).graph
+    weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
+    named = dict(model.named_parameters())
+    folded_nodes = [n for n in graph.node if n.op_type == "Conv" and n.input[1] not in named]
+    bn = batch_norm_after(model)
+    folded_convs = [c for c in convs_in_order(model, model.input_size) if c in bn]
+    if len(folded_nodes) != len(folded_convs):
+        raise ValueError(f"{len(folded_nodes)} folded convolutions in {path}, {len(folded_convs)} in the net")
+    with torch.no_grad():
+        for name, p in named.items():  # the convolutions without BN kept their names
+            if name in weights:
+                p.copy_(weights[name])
+        for node, conv in zip(folded_nodes, folded_convs):
+            w, b = weights[node.input[1]], weights[node.input[2]]
+            if w.shape != conv.weight.shape:
+                raise ValueError(f"{node.name}: {tuple(w.shape)} in the file, {tuple(conv.weight.shape)} in the net")
+            conv.weight.copy_(w)
+            norm = bn[conv]
+            norm.weight.fill_(1.0)
+            norm.bias.copy_(b)
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - BN_EPS)
+    return model
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--onnx", type=Path, default=Path("models/catface.onnx"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    model = load_folded(CatFaceDetector(EfficientNetLite0("lite0"), DETECTOR_INPUT), args.onnx).eval()
+    photos = np.random.default_rng(0).uniform(0, 255, (2, 3, DETECTOR_INPUT, DETECTOR_INPUT)).astype(np.float32)
+    want = ort.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"]).run(None, {"image": photos})
+    with torch.no_grad():
+        got = model(torch.from_numpy(photos))
+    for g, w in zip(got, want):  # (noise photos: float sums in another order move boxes by < 0.3 px)
+        np.testing.assert_allclose(g.numpy(), w, atol=1e-3, rtol=1e-3)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "input": DETECTOR_INPUT, "folded_from": str(args.onnx)}, args.out)
+    print(f"wrote {args.out}: matches {args.onnx} (scores and normalised boxes within 1e-3)")
+
+
+if __name__ == "__main__":
+    main()
