@@ -110,15 +110,13 @@ def test_refit_cat_changes_the_cat_output_only(tmp_path):
 def test_a_cat_photos_strip_without_a_face_holds_no_face():
     """train_detector's hard negatives of cats: the strip it cuts from a cat photo keeps clear of
     every face (grown by BODY_MARGIN), and a photo the face fills gives none."""
-    from PIL import Image
-
     from training import train_detector
 
     face = np.array([[40, 30], [80, 30], [60, 55], [30, 10], [35, 0], [45, 12], [75, 12], [85, 0], [90, 10]],
                     np.float32)  # ears at the top: the box is (30, 0)-(90, 55)
-    strip = train_detector.without_faces(Image.new("RGB", (120, 200)), [face])
-    assert strip is not None and strip.size == (120, 200 - 70)  # below 55 + 0.25 x 60
-    assert train_detector.without_faces(Image.new("RGB", (100, 70)), [face]) is None
+    strip = train_detector.strip_without_faces((120, 200), [face])
+    assert strip == (0, 70, 120, 200)  # the whole width below 55 + 0.25 x 60: 120 x 130
+    assert train_detector.strip_without_faces((100, 70), [face]) is None
 
 
 def test_detector_rebuilt_from_onnx_fine_tunes_with_its_batch_norms_frozen(tmp_path):

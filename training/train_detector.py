@@ -75,25 +75,24 @@ def load_small(path: Path, side: int = CACHE_SIDE) -> tuple[Image.Image, float]:
     return image, scale
 
 
-def without_faces(image: Image.Image, faces: list[np.ndarray], margin: float = BODY_MARGIN) -> Image.Image | None:
-    """The largest strip of a cat photo (below, above, left or right of all its faces, each face's
-    box grown by `margin` of its longer side) that holds no face, or None if none is
-    BODY_MIN_SIDE wide and high."""
-    w, h = image.size
+def strip_without_faces(size: tuple[int, int], faces: list[np.ndarray],
+                        margin: float = BODY_MARGIN) -> tuple[int, int, int, int] | None:
+    """The largest strip (x0, y0, x1, y1) of a cat photo of `size` (below, above, left or right of
+    all its faces, each face's box grown by `margin` of its longer side) that holds no face, or
+    None if none is BODY_MIN_SIDE wide and high."""
+    w, h = size
     boxes = np.array([data.landmark_box(p, w, h) for p in faces]).reshape(-1, 4)
     grow = margin * np.max(boxes[:, 2:] - boxes[:, :2], axis=1, keepdims=True)
     x0, y0 = (boxes[:, :2] - grow).min(0)
     x1, y1 = (boxes[:, 2:] + grow).max(0)
     strips = [(0, int(np.ceil(y1)), w, h), (0, 0, w, int(y0)), (0, 0, int(x0), h), (int(np.ceil(x1)), 0, w, h)]
     strips = [b for b in strips if min(b[2] - b[0], b[3] - b[1]) >= BODY_MIN_SIDE]
-    if not strips:
-        return None
-    return image.crop(max(strips, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])))
+    return max(strips, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])) if strips else None
 
 
 class Sources:
     """Training photos held in memory: cats with landmarks (every cat face in them labelled),
-    dogs (no cat face), and the cat photos' strips without a face (`without_faces`)."""
+    dogs (no cat face), and the cat photos' strips without a face (`strip_without_faces`)."""
 
     def __init__(self, cats: list[data.CatPhoto], dogs: list[Path]):
         self.cats = []
@@ -101,13 +100,19 @@ class Sources:
             image, s = load_small(photo.path)
             self.cats.append((image, [p * s for p in photo.landmarks]))
         self.dogs = [(load_small(p)[0], []) for p in dogs]
-        strips = (without_faces(image, faces) for image, faces in self.cats if faces)
-        self.bodies = [(strip, []) for strip in strips if strip is not None]
+        # The strips are kept as boxes on the cats' photos and cut when drawn: cut up front they
+        # would copy most of every cat photo, in every run, --bodies or not.
+        boxes = ((image, strip_without_faces(image.size, faces)) for image, faces in self.cats if faces)
+        self.bodies = [(image, box) for image, box in boxes if box is not None]
 
     def pick(self, rng, dog_p=DOG_P, body_p=BODY_P):
         draw = rng.random()
-        pool = self.dogs if draw < dog_p else self.bodies if draw < dog_p + body_p and self.bodies else self.cats
-        return pool[rng.integers(len(pool))]
+        if draw < dog_p:
+            return self.dogs[rng.integers(len(self.dogs))]
+        if draw < dog_p + body_p and self.bodies:
+            image, box = self.bodies[rng.integers(len(self.bodies))]
+            return image.crop(box), []
+        return self.cats[rng.integers(len(self.cats))]
 
 
 @dataclass
