@@ -135,3 +135,22 @@ def test_detector_rebuilt_from_onnx_fine_tunes_with_its_batch_norms_frozen(tmp_p
     stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(before[k], after[k]) for k in stats)
     assert not all(torch.equal(before[k], after[k]) for k in before)  # it did train
+
+
+def test_detector_select_holds_out_the_selection_part_breeds_use():
+    """train_detector --select trains on none of the photos runs are then compared on: the Oxford
+    photos train_breeds --select holds out, whole Crawford sessions, and a share of the dogs."""
+    from training import data, train_breeds, train_detector
+
+    crawford, dogs = train_detector.split_sources(DATA, "train")
+    pets, extra, groups = train_breeds.labelled_photos(DATA)
+    oxford_train, _, oxford_selection = train_breeds.splits(pets, extra, groups, select=True)
+    labelled = [data.CatPhoto(p, "oxford/" + p.name) for p, _ in oxford_train + oxford_selection]
+    kept, kept_dogs, held, held_dogs = train_detector.hold_out_selection(DATA, crawford + labelled, dogs)
+
+    assert {c.path for c in held if c.group.startswith("oxford/")} == {p for p, _ in oxford_selection}
+    assert not {c.path for c in kept} & {c.path for c in held} and not set(kept_dogs) & set(held_dogs)
+    assert len(kept) + len(held) == len(crawford) + len(labelled) and len(kept_dogs) + len(held_dogs) == len(dogs)
+    held_sessions = {c.group for c in held if c.group.startswith("crawford/")}
+    assert held_sessions and not held_sessions & {c.group for c in kept}  # sessions never straddle
+    assert 0.05 < len(held_dogs) / len(dogs) < 0.3

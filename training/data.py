@@ -39,6 +39,15 @@ def split_of(group: str, val_percent: int = VAL_PERCENT) -> str:
     return "val" if digest % 100 < val_percent else "train"
 
 
+# The selection part: training photos held out once more by `--select` runs, so that runs are
+# compared on photos none of them trained on and the validation split never chooses.
+SELECT_PERCENT = 15
+
+
+def in_selection(group: str) -> bool:
+    return split_of("select/" + group, SELECT_PERCENT) == "val"
+
+
 @dataclass
 class CatPhoto:
     """A photo with zero or more cats, each as 9 landmarks (9, 2) in pixels."""

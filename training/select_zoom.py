@@ -7,8 +7,13 @@ Oxford training cat photos. Writes models/zoom_selection.json, which the model c
     python -m training.select_zoom --models runs/models-new --shipped-only --out runs/new-zoom.json
 
 --shipped-only measures the manifest's own closer look alone on the same photos: how a new detector
-compares with the shipped one before any validation run. The validation split never enters:
-evaluate.py reports the chosen rule there.
+compares with the shipped one before any validation run. A detector trained on these photos looks
+better on them than on new ones (a retrained catface passed such a gate and then lost small faces on
+validation), so runs are compared with --select: both trained with train_detector --select and
+measured on the selection part neither saw. The validation split never enters: evaluate.py
+reports the chosen rule there.
+
+    python -m training.select_zoom --models runs/models-a --shipped-only --select --out runs/a-zoom.json
 """
 from __future__ import annotations
 
@@ -21,9 +26,11 @@ from PIL import Image
 
 from service.pipeline import load
 
+from . import data
 from .evaluate import boxes_found, detection_table, small_faces_recall
 from .train_breeds import datasets as breed_datasets
-from .train_detector import split_sources
+from .train_breeds import labelled_photos, splits
+from .train_detector import dog_in_selection, split_sources
 
 # Each candidate overrides the manifest's postprocess.zoom: grids = tiles a side after a small face
 # and after no face (0 = no tiles); candidates_from = the looks whose half-seen boxes get a window of
@@ -57,16 +64,24 @@ def main(argv=None):
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shipped-only", action="store_true", help="only the manifest's closer look")
+    parser.add_argument("--select", action="store_true",
+                        help="measure on the selection part (train_detector --select runs never trained on it)")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: <models>/zoom_selection.json)")
     args = parser.parse_args(argv)
     catface = load(args.models, args.threads)
     shipped = dict(catface.zoom)
     rng = np.random.default_rng(1)
     cats, dogs = split_sources(args.data, "train")
-    cats = [cats[i] for i in sorted(rng.choice(len(cats), 250, replace=False))]
-    dogs = [dogs[i] for i in sorted(rng.choice(len(dogs), 400, replace=False))]
-    oxford, _, _ = breed_datasets(args.data)  # Oxford *training* cat photos
-    oxford = [oxford[i] for i in sorted(rng.choice(len(oxford), 300, replace=False))]
+    if args.select:  # every photo of the selection part, which --select runs did not train on
+        cats = [c for c in cats if data.in_selection(c.group)]
+        dogs = [d for d in dogs if dog_in_selection(d)]
+        pets, extra, groups = labelled_photos(args.data)
+        oxford = splits(pets, extra, groups, select=True)[2]
+    else:
+        cats = [cats[i] for i in sorted(rng.choice(len(cats), 250, replace=False))]
+        dogs = [dogs[i] for i in sorted(rng.choice(len(dogs), 400, replace=False))]
+        oxford, _, _ = breed_datasets(args.data)  # Oxford *training* cat photos
+        oxford = [oxford[i] for i in sorted(rng.choice(len(oxford), 300, replace=False))]
 
     served = boxes_found(catface)  # what /detect answers
     out = []
@@ -83,7 +98,7 @@ def main(argv=None):
         out.append(row)
     photos = f"{len(cats)} Crawford cat photos, {len(dogs)} dog photos, {len(oxford)} Oxford cat photos"
     (args.out or args.models / "zoom_selection.json").write_text(json.dumps(
-        {"split": "train", "photos": photos, "shipped": shipped,
+        {"split": "train: selection part" if args.select else "train", "photos": photos, "shipped": shipped,
          "detector": f"catface {catface.detector.entry['version']}",
          "cat_check": f"catbreeds {catface.classifier.entry['version']}", "candidates": out,
          "rule": None if args.shipped_only else RULE},

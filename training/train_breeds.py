@@ -46,7 +46,6 @@ BACKBONE = "lite2"
 INPUT = BREED_INPUT
 TAP = 11             # last block whose output is cached (the first of the 120-channel stride-16 stage)
 TRAIN_FROM = 15      # first fine-tuned block (default: the depth catbreeds 2.0.0 was trained at)
-SELECT_PERCENT = 15  # --select: share of the Oxford training photos held out to compare runs
 RANDOM_CROPS = 3     # random resized crops per breed photo, beside full/flip/face/face-flip
 EPOCHS = 10
 CLEAN_EPOCHS = 4     # Oxford-only model that judges the noisy extra photos
@@ -143,8 +142,8 @@ def splits(pets, extra, groups, select: bool = False):
     val = [(p.path, p.breed) for p in pets if data.split_of("oxford/" + groups[p.path]) == "val"]
     train = [(p.path, p.breed) for p in pets if data.split_of("oxford/" + groups[p.path]) == "train"]
     if select:
-        val = [(p, b) for p, b in train if data.split_of("select/" + groups[p], SELECT_PERCENT) == "val"]
-        train = [(p, b) for p, b in train if data.split_of("select/" + groups[p], SELECT_PERCENT) == "train"]
+        val = [(p, b) for p, b in train if data.in_selection(groups[p])]
+        train = [(p, b) for p, b in train if not data.in_selection(groups[p])]
     val_groups = {groups[p] for p, _ in val}
     extra = [(p, b) for p, b in extra if groups[p] not in val_groups]
     return train, extra, val

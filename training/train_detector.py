@@ -276,10 +276,39 @@ def split_sources(data_dir: Path, split: str, limit: int | None = None):
     return (cats[:limit], dogs[:limit]) if limit else (cats, dogs)
 
 
+def dog_in_selection(path: Path) -> bool:
+    return data.in_selection("dogs/" + path.name)
+
+
+def selection_of(data_dir: Path) -> set[Path]:
+    """The labelled Oxford and extra training photos of the selection part: the Oxford photos that
+    train_breeds --select holds out, and the extra photos near-duplicate to them (one selection
+    part for both models, grouped as that split groups them)."""
+    from .train_breeds import labelled_photos, splits
+
+    pets, extra, groups = labelled_photos(data_dir)
+    held = {groups[p] for p, _ in splits(pets, extra, groups, select=True)[2]}
+    return {p for p, group in groups.items() if group in held}
+
+
+def hold_out_selection(data_dir: Path, cats: list[data.CatPhoto], dogs: list[Path]):
+    """--select: the training photos (Crawford sessions, dog photos, labelled photos) split into
+    those trained on and the selection part runs are compared on (data.in_selection)."""
+    oxford_held = selection_of(data_dir)
+
+    def held(photo: data.CatPhoto) -> bool:
+        if photo.group.startswith(("oxford/", "extra/")):
+            return photo.path in oxford_held
+        return data.in_selection(photo.group)  # Crawford sessions and cat-faces-voc photos
+
+    return ([c for c in cats if not held(c)], [d for d in dogs if not dog_in_selection(d)],
+            [c for c in cats if held(c)], [d for d in dogs if dog_in_selection(d)])
+
+
 @torch.no_grad()
-def quick_validation(model, cats, dogs):
-    """Recall at IoU 0.5 on validation cats and false faces per validation dog photo, at the
-    serving input size and threshold."""
+def quick_check(model, cats, dogs):
+    """Recall at IoU 0.5 on cats and false faces per dog photo, at the serving input size and
+    threshold (one pass): the per-epoch look at the selection part."""
     from service.detection import iou, select_faces
 
     model.eval()
@@ -317,6 +346,9 @@ def main(argv=None):
                         help="keep every BatchNorm in eval mode (needed from a checkpoint of training.from_onnx)")
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[INPUT, DETECTOR_INPUT],
                         help="input sides, one drawn per batch (multiples of 32), e.g. 192,256,320")
+    parser.add_argument("--select", action="store_true",
+                        help="hold out the selection part of the training photos (data.in_selection) and "
+                             "check each epoch on it; select_zoom --select compares runs there")
     parser.add_argument("--labels", type=Path, default=None,
                         help="pseudo-labelled faces from training/pseudo_labels.py (training photos only)")
     args = parser.parse_args(argv)
@@ -325,12 +357,16 @@ def main(argv=None):
     cats, dogs = split_sources(args.data, "train", args.limit)
     if args.labels:
         cats += read_labels(args.labels, args.data)[: args.limit]
+    check_cats: list[data.CatPhoto] = []
+    check_dogs: list[Path] = []
+    if args.select:
+        cats, dogs, held_cats, check_dogs = hold_out_selection(args.data, cats, dogs)
+        check_cats = [c for c in held_cats if c.group.startswith("crawford")]  # hand-placed faces only
     sources = Sources(cats, dogs)
     sources_faces = faces_by_source(cats)  # recorded in every checkpoint (the exporter reads it)
-    val_cats, val_dogs = split_sources(args.data, "val", args.limit)
     print(f"train: {len(sources.cats)} cat photos, {len(sources.dogs)} dog photos, {len(sources.bodies)} strips "
-          f"without a face; "
-          f"val: {len(val_cats)} cats, {len(val_dogs)} dogs", flush=True)
+          f"without a face" + (f"; selection part: {len(check_cats)} Crawford cats, {len(check_dogs)} dogs"
+                               if args.select else ""), flush=True)
 
     model = loop.initialised(CatFaceDetector(pretrained_backbone(), INPUT), args.init)
     optimiser, frozen = loop.fine_tuning(model, FROZEN_BLOCKS, LR_HEAD * args.lr_scale, LR_BACKBONE * args.lr_scale)
@@ -352,10 +388,11 @@ def main(argv=None):
                 optimiser.step()
                 losses.append((loss.item(), focal, box))
                 step += 1
-            recall, dog_fp = quick_validation(model, val_cats, val_dogs)
             loss, focal, giou = (float(np.mean([parts[k] for parts in losses])) for k in range(3))
-            log.write({"epoch": epoch, "loss": loss, "focal": focal, "giou": giou,
-                       "val_recall": recall, "val_false_per_dog": dog_fp, "seconds": round(time.time() - t0, 1)})
+            row = {"epoch": epoch, "loss": loss, "focal": focal, "giou": giou, "seconds": round(time.time() - t0, 1)}
+            if args.select:  # never the validation split: the last epoch is the run's model whatever it shows
+                row["select_recall"], row["select_false_per_dog"] = quick_check(model, check_cats, check_dogs)
+            log.write(row)
             torch.save({"model": model.state_dict(), "epoch": epoch, "input": INPUT,
                         "faces_by_source": sources_faces}, args.out / "checkpoint.pt")
     return model
