@@ -154,3 +154,13 @@ def test_detector_select_holds_out_the_selection_part_breeds_use():
     held_sessions = {c.group for c in held if c.group.startswith("crawford/")}
     assert held_sessions and not held_sessions & {c.group for c in kept}  # sessions never straddle
     assert 0.05 < len(held_dogs) / len(dogs) < 0.3
+
+
+def test_detector_select_run_checks_each_epoch_on_the_selection_part_only(tmp_path):
+    from training import train_detector
+
+    train_detector.main(["--data", str(DATA), "--out", str(tmp_path / "detector"), "--select", "--epochs", "1",
+                         "--steps", "1", "--limit", "60", "--threads", "1"])
+    row = json.loads((tmp_path / "detector" / "log.jsonl").read_text().splitlines()[-1])
+    assert {"select_recall", "select_false_per_dog"} <= set(row)
+    assert not [key for key in row if key.startswith("val")]  # no look at the validation split while training
