@@ -26,11 +26,10 @@ from PIL import Image
 
 from service.pipeline import load
 
-from . import data
 from .evaluate import boxes_found, detection_table, small_faces_recall
 from .train_breeds import datasets as breed_datasets
 from .train_breeds import labelled_photos, splits
-from .train_detector import dog_in_selection, split_sources
+from .train_detector import hold_out_selection, split_sources
 
 # Each candidate overrides the manifest's postprocess.zoom: grids = tiles a side after a small face
 # and after no face (0 = no tiles); candidates_from = the looks whose half-seen boxes get a window of
@@ -73,8 +72,7 @@ def main(argv=None):
     rng = np.random.default_rng(1)
     cats, dogs = split_sources(args.data, "train")
     if args.select:  # every photo of the selection part, which --select runs did not train on
-        cats = [c for c in cats if data.in_selection(c.group)]
-        dogs = [d for d in dogs if dog_in_selection(d)]
+        _, _, cats, dogs = hold_out_selection(args.data, cats, dogs)  # Crawford sessions and dogs
         pets, extra, groups = labelled_photos(args.data)
         oxford = splits(pets, extra, groups, select=True)[2]
     else:

@@ -294,10 +294,12 @@ def selection_of(data_dir: Path) -> set[Path]:
 def hold_out_selection(data_dir: Path, cats: list[data.CatPhoto], dogs: list[Path]):
     """--select: the training photos (Crawford sessions, dog photos, labelled photos) split into
     those trained on and the selection part runs are compared on (data.in_selection)."""
-    oxford_held = selection_of(data_dir)
+    labelled = ("oxford/", "extra/")
+    # selection_of reads every Oxford and extra photo: only when some of them are here
+    oxford_held = selection_of(data_dir) if any(c.group.startswith(labelled) for c in cats) else set()
 
     def held(photo: data.CatPhoto) -> bool:
-        if photo.group.startswith(("oxford/", "extra/")):
+        if photo.group.startswith(labelled):
             return photo.path in oxford_held
         return data.in_selection(photo.group)  # Crawford sessions and cat-faces-voc photos
 
