@@ -164,3 +164,28 @@ def test_detector_select_run_checks_each_epoch_on_the_selection_part_only(tmp_pa
     row = json.loads((tmp_path / "detector" / "log.jsonl").read_text().splitlines()[-1])
     assert {"select_recall", "select_false_per_dog"} <= set(row)
     assert not [key for key in row if key.startswith("val")]  # no look at the validation split while training
+
+
+def test_breeds_mixup_loss_counts_both_photos_labels_and_is_the_plain_loss_unmixed():
+    import torch.nn.functional as F
+
+    from training.train_breeds import LABEL_SMOOTHING, mixed_loss
+
+    torch.manual_seed(0)
+    logits, cat = torch.randn(4, 12), torch.randn(4)
+    y = torch.tensor([3, -1, 7, 3])  # -1: a dog or Crawford cat, no breed label
+    w, is_cat = torch.tensor([1.0, 0.0, 0.7, 1.0]), torch.tensor([1.0, 0.0, 1.0, 1.0])
+    plain = mixed_loss(logits, cat, y, w, is_cat)
+    assert torch.isclose(mixed_loss(logits, cat, y, w, is_cat, torch.arange(4), 0.3), plain)
+    # Mixed with a dog, a cat photo's cat target is lam, and its breed loss counts lam of the time.
+    pairs = torch.tensor([1, 0, 3, 2])
+    lam = 0.75
+    mixed = mixed_loss(logits, cat, y, w, is_cat, pairs, lam)
+    cat_target = torch.tensor([0.75, 0.25, 1.0, 1.0])
+    def ce(target, weight, rows):
+        per = F.cross_entropy(logits, target.clamp(min=0), label_smoothing=LABEL_SMOOTHING, reduction="none")
+        return (per * weight)[rows].sum() / len(rows)
+
+    ce_a, ce_b = ce(y, w, [0, 2, 3]), ce(y[pairs], w[pairs], [1, 2, 3])
+    expected = lam * ce_a + (1 - lam) * ce_b + F.binary_cross_entropy_with_logits(cat, cat_target)
+    assert torch.isclose(mixed, expected)

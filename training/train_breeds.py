@@ -55,6 +55,7 @@ LR = 1e-3
 LABEL_SMOOTHING = 0.1
 EXTRA_WEIGHT = 0.7   # loss weight of the (cleaned) extra photos
 CATNESS_PER_EPOCH = 800  # Crawford cats + dogs drawn per epoch for the cat / not-a-cat output
+MIXUP_SHARE = 0.5    # with --mixup, the share of batches mixed (the rest stay clean, as served)
 
 
 def jitter(image: Image.Image, rng) -> Image.Image:
@@ -174,10 +175,25 @@ def face_boxes(paths: list[Path]) -> list[np.ndarray | None]:
     return out
 
 
+def mixed_loss(breed_logits, cat_logit, y, w, cat, pairs=None, lam=1.0):
+    """Label-smoothed breed CE (weighted; only where a breed label exists, y >= 0) + cat BCE. With
+    `pairs`, the batch was mixed with itself in that order: both targets count, lam and 1 - lam."""
+    def ce(target, weight):
+        has = target >= 0
+        per = F.cross_entropy(breed_logits[has], target[has], label_smoothing=LABEL_SMOOTHING, reduction="none")
+        return (per * weight[has]).sum() / max(int(has.sum()), 1)
+
+    if pairs is None:
+        return ce(y, w) + F.binary_cross_entropy_with_logits(cat_logit, cat)
+    return (lam * ce(y, w) + (1 - lam) * ce(y[pairs], w[pairs])
+            + F.binary_cross_entropy_with_logits(cat_logit, lam * cat + (1 - lam) * cat[pairs]))
+
+
 def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_items, epochs, rng, log, lr,
-        train_from, val=None):
+        train_from, val=None, mixup=0.0):
     """Fine-tune the tail from block `train_from`: each epoch one random view of every breed photo
-    and a sample of the catness photos. labels -1 = no breed label (Crawford cats, dogs)."""
+    and a sample of the catness photos. labels -1 = no breed label (Crawford cats, dogs). With
+    `mixup` (a Beta alpha), some batches mix the cached features of two photos and their labels."""
     for p in model.parameters():
         p.requires_grad_(False)
     head = [model.fc, model.cat]
@@ -208,12 +224,13 @@ def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_item
             schedule.set(step)
             idx = chosen[b * BATCH : (b + 1) * BATCH]
             photo = owners[idx]
-            breed_logits, cat_logit = tail(model, feats[idx].float(), train_from)
-            y = labels[photo]
-            has = y >= 0
-            ce = F.cross_entropy(breed_logits[has], y[has], label_smoothing=LABEL_SMOOTHING, reduction="none")
-            loss = (ce * weights[photo][has]).sum() / max(int(has.sum()), 1)
-            loss = loss + F.binary_cross_entropy_with_logits(cat_logit, is_cat[photo])
+            x = feats[idx].float()
+            pairs, lam = None, 1.0
+            if mixup and rng.random() < MIXUP_SHARE:
+                pairs, lam = torch.from_numpy(rng.permutation(len(idx))), float(rng.beta(mixup, mixup))
+                x = lam * x + (1 - lam) * x[pairs]
+            breed_logits, cat_logit = tail(model, x, train_from)
+            loss = mixed_loss(breed_logits, cat_logit, labels[photo], weights[photo], is_cat[photo], pairs, lam)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -273,6 +290,8 @@ def main(argv=None):
     parser.add_argument("--no-extra", action="store_true", help="Oxford photos only")
     parser.add_argument("--backbone", default=BACKBONE, choices=["lite0", "lite2"])
     parser.add_argument("--train-from", type=int, default=TRAIN_FROM, help="first fine-tuned block (> TAP)")
+    parser.add_argument("--mixup", type=float, default=0.0,
+                        help="Beta alpha of mixup on the cached features (0: none, as catbreeds 2.0.0)")
     parser.add_argument("--select", action="store_true",
                         help="train without the selection part of the Oxford training photos and report on it")
     args = parser.parse_args(argv)
@@ -360,8 +379,8 @@ def main(argv=None):
             del judge
         kept = usable[weights[usable].numpy() > 0]
         fit(model, c["feats"], c["owners"], labels, weights, is_cat, kept, catness_items, args.epochs, rng, log,
-            lr, args.train_from, report)
-        final = {"final": report(), "train_from": args.train_from, "select": args.select}
+            lr, args.train_from, report, args.mixup)
+        final = {"final": report(), "train_from": args.train_from, "select": args.select, "mixup": args.mixup}
         (args.out / "report.json").write_text(json.dumps(final, indent=1))
     torch.save({"model": model.state_dict(), "input": INPUT, "backbone": args.backbone}, args.out / "checkpoint.pt")
     return model
