@@ -144,7 +144,7 @@ def test_detector_select_holds_out_the_selection_part_breeds_use():
 
     crawford, dogs = train_detector.split_sources(DATA, "train")
     pets, extra, groups = train_breeds.labelled_photos(DATA)
-    oxford_train, _, oxford_selection = train_breeds.splits(pets, extra, groups, select=True)
+    oxford_train, _, oxford_selection = train_breeds.splits(pets, extra, groups, select=0)
     labelled = [data.CatPhoto(p, "oxford/" + p.name) for p, _ in oxford_train + oxford_selection]
     kept, kept_dogs, held, held_dogs = train_detector.hold_out_selection(DATA, crawford + labelled, dogs)
 
@@ -189,3 +189,15 @@ def test_breeds_mixup_loss_counts_both_photos_labels_and_is_the_plain_loss_unmix
     ce_a, ce_b = ce(y, w, [0, 2, 3]), ce(y[pairs], w[pairs], [1, 2, 3])
     expected = lam * ce_a + (1 - lam) * ce_b + F.binary_cross_entropy_with_logits(cat, cat_target)
     assert torch.isclose(mixed, expected)
+
+
+def test_selection_folds_are_disjoint_parts_of_one_size():
+    """A second --select fold must hold out photos the first fold's runs trained on, and as many."""
+    from training import data
+
+    groups = [f"oxford/{i}" for i in range(4000)]
+    folds = [{g for g in groups if data.in_selection(g, fold)} for fold in range(3)]
+    assert not folds[0] & folds[1] and not folds[1] & folds[2]
+    for part in folds:
+        assert abs(len(part) / len(groups) - data.SELECT_PERCENT / 100) < 0.03
+    assert folds[0] == {g for g in groups if data.in_selection(g)}  # fold 0 is the selection part

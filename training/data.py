@@ -40,12 +40,15 @@ def split_of(group: str, val_percent: int = VAL_PERCENT) -> str:
 
 
 # The selection part: training photos held out once more by `--select` runs, so that runs are
-# compared on photos none of them trained on and the validation split never chooses.
+# compared on photos none of them trained on and the validation split never chooses. Fold 0 is
+# the selection part; folds 1.. are the next, disjoint SELECT_PERCENT of the same hash, for a
+# comparison too close to call on one fold.
 SELECT_PERCENT = 15
 
 
-def in_selection(group: str) -> bool:
-    return split_of("select/" + group, SELECT_PERCENT) == "val"
+def in_selection(group: str, fold: int = 0) -> bool:
+    digest = int(hashlib.sha1(("select/" + group).encode()).hexdigest(), 16)
+    return digest % 100 // SELECT_PERCENT == fold
 
 
 @dataclass

@@ -74,7 +74,7 @@ def main(argv=None):
     if args.select:  # every photo of the selection part, which --select runs did not train on
         _, _, cats, dogs = hold_out_selection(args.data, cats, dogs)  # Crawford sessions and dogs
         pets, extra, groups = labelled_photos(args.data)
-        oxford = splits(pets, extra, groups, select=True)[2]
+        oxford = splits(pets, extra, groups, select=0)[2]
     else:
         cats = [cats[i] for i in sorted(rng.choice(len(cats), 250, replace=False))]
         dogs = [dogs[i] for i in sorted(rng.choice(len(dogs), 400, replace=False))]

@@ -136,15 +136,15 @@ def labelled_photos(data_dir: Path):
     return pets, extra, data.near_duplicate_groups([p.path for p in pets] + [p for p, _ in extra])
 
 
-def splits(pets, extra, groups, select: bool = False):
+def splits(pets, extra, groups, select: int | None = None):
     """Oxford train, extra (noisy, training only; near-duplicates of the third list left out),
-    Oxford validation. With `select`, the third list is the selection part of the Oxford
-    training photos instead, and the first list leaves it out."""
+    Oxford validation. With `select` (a fold, data.in_selection), the third list is that
+    selection part of the Oxford training photos instead, and the first list leaves it out."""
     val = [(p.path, p.breed) for p in pets if data.split_of("oxford/" + groups[p.path]) == "val"]
     train = [(p.path, p.breed) for p in pets if data.split_of("oxford/" + groups[p.path]) == "train"]
-    if select:
-        val = [(p, b) for p, b in train if data.in_selection(groups[p])]
-        train = [(p, b) for p, b in train if not data.in_selection(groups[p])]
+    if select is not None:
+        val = [(p, b) for p, b in train if data.in_selection(groups[p], select)]
+        train = [(p, b) for p, b in train if not data.in_selection(groups[p], select)]
     val_groups = {groups[p] for p, _ in val}
     extra = [(p, b) for p, b in extra if groups[p] not in val_groups]
     return train, extra, val
@@ -292,8 +292,9 @@ def main(argv=None):
     parser.add_argument("--train-from", type=int, default=TRAIN_FROM, help="first fine-tuned block (> TAP)")
     parser.add_argument("--mixup", type=float, default=0.0,
                         help="Beta alpha of mixup on the cached features (0: none, as catbreeds 2.0.0)")
-    parser.add_argument("--select", action="store_true",
-                        help="train without the selection part of the Oxford training photos and report on it")
+    parser.add_argument("--select", type=int, nargs="?", const=0, default=None, metavar="FOLD",
+                        help="train without the selection part of the Oxford training photos and report on it "
+                             "(FOLD 1.. : another, disjoint part of the same size)")
     args = parser.parse_args(argv)
     rng = loop.start(args)
     lr = LR * args.lr_scale
@@ -352,8 +353,8 @@ def main(argv=None):
             face_view[o] = v
     usable = np.arange(n_train + n_extra)
     report = val_report_of(model, c, val_labels)
-    if args.select:  # the selection part and its near-duplicates leave training; runs are compared on it
-        inner, extra_kept, selection = splits(*labelled, select=True)
+    if args.select is not None:  # the selection part and its near-duplicates leave training; compared on it
+        inner, extra_kept, selection = splits(*labelled, select=args.select)
         training_paths, selection_paths = {p for p, _ in inner + extra_kept}, {p for p, _ in selection}
         usable = np.array([i for i, (p, _) in enumerate(train + extra) if p in training_paths], dtype=int)
         rows = [i for i, (p, _) in enumerate(train) if p in selection_paths]

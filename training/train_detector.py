@@ -287,7 +287,7 @@ def selection_of(data_dir: Path) -> set[Path]:
     from .train_breeds import labelled_photos, splits
 
     pets, extra, groups = labelled_photos(data_dir)
-    held = {groups[p] for p, _ in splits(pets, extra, groups, select=True)[2]}
+    held = {groups[p] for p, _ in splits(pets, extra, groups, select=0)[2]}
     return {p for p, group in groups.items() if group in held}
 
 
