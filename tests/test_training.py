@@ -201,3 +201,27 @@ def test_selection_folds_are_disjoint_parts_of_one_size():
     for part in folds:
         assert abs(len(part) / len(groups) - data.SELECT_PERCENT / 100) < 0.03
     assert folds[0] == {g for g in groups if data.in_selection(g)}  # fold 0 is the selection part
+
+
+def test_soup_averages_two_runs_weights_into_one_network_that_loads(tmp_path):
+    """A soup is one network of the runs' architecture: float weights and BN statistics averaged,
+    BN's batch counter kept; checkpoints of different networks are refused."""
+    from training import loop, soup
+
+    nets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(2, 2))
+        net[1].num_batches_tracked += 5 + seed
+        nets.append(net)
+        torch.save({"model": net.state_dict(), "input": 8}, tmp_path / f"{seed}.pt")
+    soup.main([str(tmp_path / "0.pt"), str(tmp_path / "1.pt"), "--out", str(tmp_path / "soup.pt")])
+    made = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(2, 2))
+    loop.initialised(made, tmp_path / "soup.pt")
+    a, b = (n.state_dict() for n in nets)
+    for key, value in made.state_dict().items():
+        expected = (a[key] + b[key]) / 2 if a[key].is_floating_point() else a[key]
+        assert torch.allclose(value, expected), key
+    assert torch.load(tmp_path / "soup.pt")["input"] == 8
+    with pytest.raises(ValueError):
+        soup.soup([a, {k: v for k, v in b.items() if not k.startswith("2.")}])

@@ -1,0 +1,43 @@
+"""A uniform weight soup: the average of the weights of runs fine-tuned from the same start.
+
+Runs that fine-tune the same blocks from the same pretrained weights and the same seeded head stay
+close enough in weight space that their average is one working network, often better than either,
+at the cost and size of one (Wortsman et al., "Model soups", 2022). Floating-point tensors are
+averaged (BN running statistics included); integer buffers (BN's batch counter) come from the first.
+
+    python -m training.soup runs/breeds-base/checkpoint.pt runs/breeds-mixup/checkpoint.pt \
+        --out runs/breeds-soup/checkpoint.pt
+"""
+import argparse
+from pathlib import Path
+
+import torch
+
+
+def soup(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The uniform average of state dicts of one architecture."""
+    first = states[0]
+    if any(s.keys() != first.keys() for s in states[1:]):
+        raise ValueError("the checkpoints hold different networks")
+    return {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v.clone()
+            for k, v in first.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", type=Path, nargs="+", help="train_* checkpoint.pt files")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    loaded = [torch.load(p, map_location="cpu") for p in args.checkpoints]
+    # Everything but the weights (input size, backbone name) must agree: it describes the network.
+    extras = [{k: v for k, v in c.items() if k != "model"} for c in loaded]
+    if any(e != extras[0] for e in extras[1:]):
+        raise ValueError(f"the checkpoints describe different networks: {extras}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**extras[0], "model": soup([c["model"] for c in loaded]),
+                "soup": [str(p) for p in args.checkpoints]}, args.out)
+    print(f"{args.out}: the average of {len(loaded)} checkpoints", flush=True)
+
+
+if __name__ == "__main__":
+    main()
