@@ -287,7 +287,8 @@ def selection_report_of(model, c, full_views, face_views, labels):
 def main(argv=None):
     parser = loop.arguments(__doc__, out="runs/breeds", epochs=EPOCHS)
     parser.add_argument("--clean-epochs", type=int, default=CLEAN_EPOCHS)
-    parser.add_argument("--no-extra", action="store_true", help="Oxford photos only")
+    parser.add_argument("--no-extra", action="store_true",
+                        help="train on the Oxford photos only (the extra ones stay in the shared feature cache)")
     parser.add_argument("--backbone", default=BACKBONE, choices=["lite0", "lite2"])
     parser.add_argument("--train-from", type=int, default=TRAIN_FROM, help="first fine-tuned block (> TAP)")
     parser.add_argument("--mixup", type=float, default=0.0,
@@ -303,8 +304,6 @@ def main(argv=None):
     train, extra, val = splits(*labelled)
     crawford_cats, dogs = catness_sources(args.data, "train")
     _, val_dogs = catness_sources(args.data, "val")  # (validation cats are the Oxford ones)
-    if args.no_extra:
-        extra = []
     lim = slice(None, args.limit)
     train, extra, val = train[lim], extra[lim], val[lim]
     crawford_cats, dogs, val_dogs = crawford_cats[lim], dogs[lim], val_dogs[lim]
@@ -360,10 +359,13 @@ def main(argv=None):
         rows = [i for i, (p, _) in enumerate(train) if p in selection_paths]
         report = selection_report_of(model, c, [first_view[i] for i in rows], [face_view.get(i) for i in rows],
                                      labels[rows].numpy())
+    if args.no_extra:  # the extra photos stay in the shared cache (same views for every run), out of training
+        usable = usable[usable < n_train]
+    if args.select is not None:
         print(f"select: training on {len(usable)} breed photos, comparing on {len(rows)}", flush=True)
 
     with loop.JsonLog(args.out / "log.jsonl") as log:
-        if n_extra and args.clean_epochs:
+        if n_extra and args.clean_epochs and not args.no_extra:
             print("cleaning the extra photos with an Oxford-only model", flush=True)
             judge = CatBreedClassifier(pretrained_backbone(args.backbone))
             fit(judge, c["feats"], c["owners"], labels, weights, is_cat, usable[usable < n_train], catness_items,
