@@ -17,9 +17,12 @@ How deep to fine-tune was chosen with `--select`: the Oxford training photos are
 (by near-duplicate cluster, another hash) and the models trained on the rest are compared on that
 selection part, so the validation split is never used to choose.
 
-The noisy `cat-breeds-extra` photos are cleaned first: a model trained for a few epochs on the
-Oxford photos alone predicts them, and a photo it contradicts confidently is dropped. Any extra
-photo that near-duplicates a validation photo is dropped too. Oxford trainval cats are split by
+What the noisy `cat-breeds-extra` photos teach is `--extra`: with `breeds` (catbreeds 2.0.0) they
+are cleaned first (a model trained for a few epochs on the Oxford photos alone predicts them, and a
+photo it contradicts confidently is dropped) and teach breeds and the cat output; with `cat` they
+teach the cat output only, since their owners' sense of a breed is not Oxford's (compared on the
+selection folds); with `none` nothing. Any extra photo that near-duplicates a validation photo is
+dropped in every case. Oxford trainval cats are split by
 near-duplicate cluster; dogs and Crawford cats as the detector splits them.
 """
 from __future__ import annotations
@@ -287,8 +290,9 @@ def selection_report_of(model, c, full_views, face_views, labels):
 def main(argv=None):
     parser = loop.arguments(__doc__, out="runs/breeds", epochs=EPOCHS)
     parser.add_argument("--clean-epochs", type=int, default=CLEAN_EPOCHS)
-    parser.add_argument("--no-extra", action="store_true",
-                        help="train on the Oxford photos only (the extra ones stay in the shared feature cache)")
+    parser.add_argument("--extra", choices=["breeds", "cat", "none"], default="breeds",
+                        help="what the extra photos teach: breeds (their cleaned labels) and the cat output, as "
+                             "catbreeds 2.0.0; the cat output only; nothing (they stay in the shared feature cache)")
     parser.add_argument("--backbone", default=BACKBONE, choices=["lite0", "lite2"])
     parser.add_argument("--train-from", type=int, default=TRAIN_FROM, help="first fine-tuned block (> TAP)")
     parser.add_argument("--mixup", type=float, default=0.0,
@@ -340,6 +344,8 @@ def main(argv=None):
 
     n_train, n_extra, n_cats = len(train), len(extra), len(crawford_cats)
     labels = torch.tensor([b for _, b in train + extra] + [-1] * (n_cats + len(dogs)))
+    if args.extra == "cat":  # cat photos without a breed label, as Crawford's are
+        labels[n_train : n_train + n_extra] = -1
     is_cat = torch.tensor([1.0] * (n_train + n_extra + n_cats) + [0.0] * len(dogs))
     weights = torch.tensor([1.0] * n_train + [EXTRA_WEIGHT] * n_extra + [0.0] * (n_cats + len(dogs)))
     catness_items = np.arange(n_train + n_extra, n_train + n_extra + n_cats + len(dogs))
@@ -359,13 +365,13 @@ def main(argv=None):
         rows = [i for i, (p, _) in enumerate(train) if p in selection_paths]
         report = selection_report_of(model, c, [first_view[i] for i in rows], [face_view.get(i) for i in rows],
                                      labels[rows].numpy())
-    if args.no_extra:  # the extra photos stay in the shared cache (same views for every run), out of training
+    if args.extra == "none":  # the extra photos stay in the shared cache (same views for every run), out of training
         usable = usable[usable < n_train]
     if args.select is not None:
         print(f"select: training on {len(usable)} breed photos, comparing on {len(rows)}", flush=True)
 
     with loop.JsonLog(args.out / "log.jsonl") as log:
-        if n_extra and args.clean_epochs and not args.no_extra:
+        if n_extra and args.clean_epochs and args.extra == "breeds":
             print("cleaning the extra photos with an Oxford-only model", flush=True)
             judge = CatBreedClassifier(pretrained_backbone(args.backbone))
             fit(judge, c["feats"], c["owners"], labels, weights, is_cat, usable[usable < n_train], catness_items,
@@ -383,7 +389,8 @@ def main(argv=None):
         kept = usable[weights[usable].numpy() > 0]
         fit(model, c["feats"], c["owners"], labels, weights, is_cat, kept, catness_items, args.epochs, rng, log,
             lr, args.train_from, report, args.mixup)
-        final = {"final": report(), "train_from": args.train_from, "select": args.select, "mixup": args.mixup}
+        final = {"final": report(), "train_from": args.train_from, "select": args.select, "mixup": args.mixup,
+                 "extra": args.extra}
         (args.out / "report.json").write_text(json.dumps(final, indent=1))
     torch.save({"model": model.state_dict(), "input": INPUT, "backbone": args.backbone}, args.out / "checkpoint.pt")
     return model
