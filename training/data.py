@@ -34,9 +34,13 @@ BREEDS = [
 ]
 
 
+def percentile(key: str) -> int:
+    """A fixed pseudo-random 0..99 for a key: the one hash every split is cut from."""
+    return int(hashlib.sha1(key.encode()).hexdigest(), 16) % 100
+
+
 def split_of(group: str, val_percent: int = VAL_PERCENT) -> str:
-    digest = int(hashlib.sha1(group.encode()).hexdigest(), 16)
-    return "val" if digest % 100 < val_percent else "train"
+    return "val" if percentile(group) < val_percent else "train"
 
 
 # The selection part: training photos held out once more by `--select` runs, so that runs are
@@ -47,8 +51,7 @@ SELECT_PERCENT = 15
 
 
 def in_selection(group: str, fold: int = 0) -> bool:
-    digest = int(hashlib.sha1(("select/" + group).encode()).hexdigest(), 16)
-    return digest % 100 // SELECT_PERCENT == fold
+    return percentile("select/" + group) // SELECT_PERCENT == fold
 
 
 @dataclass

@@ -85,9 +85,14 @@ DATA_TABLE = "| data | used for | licence / provenance |\n|---|---|---|\n" + "".
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
-def newest(pattern: str) -> dict | None:
+def newest_file(pattern: str) -> Path | None:
     files = sorted(RESULTS.glob(pattern))
-    return json.loads(files[-1].read_text()) if files else None
+    return files[-1] if files else None
+
+
+def newest(pattern: str) -> dict | None:
+    file = newest_file(pattern)
+    return json.loads(file.read_text()) if file else None
 
 
 def measurements(manifest: dict) -> list[str]:
@@ -135,11 +140,12 @@ def measurements(manifest: dict) -> list[str]:
 def detector_fold_estimate() -> list[str]:
     """A second estimate of /detect, from the newest benchmarks/results/detector-select-pair-*.json:
     a detector trained without the selection part of the training photos, scored on that part."""
-    pair = newest("detector-select-pair-*.json")
-    if not pair:
+    file = newest_file("detector-select-pair-*.json")
+    if not file:
         return []
+    pair = json.loads(file.read_text())
     arm = pair["arms"]["--bodies 0.0"]  # the arm trained as 2.0.0 was (no cat-body negatives)
-    return ["A second estimate, from training photos (`benchmarks/results/detector-select-pair-2026-12-03.json`): "
+    return [f"A second estimate, from training photos (`benchmarks/results/{file.name}`): "
             "a detector of the same design trained from ImageNet without the selection part of the training "
             f"photos ({pair['photos']}; one 30-epoch run where 2.0.0 had two cycles), served as /detect is, "
             f"found recall {arm['recall_iou50']:.3f}, precision {arm['precision_iou50']:.3f}, false faces per dog "

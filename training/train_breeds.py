@@ -22,8 +22,8 @@ are cleaned first (a model trained for a few epochs on the Oxford photos alone p
 photo it contradicts confidently is dropped) and teach breeds and the cat output; with `cat` they
 teach the cat output only, since their owners' sense of a breed is not Oxford's (compared on the
 selection folds); with `none` nothing. Any extra photo that near-duplicates a validation photo is
-dropped in every case. Oxford trainval cats are split by
-near-duplicate cluster; dogs and Crawford cats as the detector splits them.
+dropped in every case. Oxford trainval cats are split by near-duplicate cluster; dogs and Crawford
+cats as the detector splits them.
 """
 from __future__ import annotations
 
@@ -356,18 +356,16 @@ def main(argv=None):
         first_view.setdefault(o, v)
         if kind == "face":
             face_view[o] = v
-    usable = np.arange(n_train + n_extra)
+    # --extra none: the extra photos stay in the shared cache (same views for every run), out of training
+    usable = np.arange(n_train if args.extra == "none" else n_train + n_extra)
     report = val_report_of(model, c, val_labels)
     if args.select is not None:  # the selection part and its near-duplicates leave training; compared on it
         inner, extra_kept, selection = splits(*labelled, select=args.select)
         training_paths, selection_paths = {p for p, _ in inner + extra_kept}, {p for p, _ in selection}
-        usable = np.array([i for i, (p, _) in enumerate(train + extra) if p in training_paths], dtype=int)
+        usable = np.array([i for i in usable if breed_photos[i][0] in training_paths], dtype=int)
         rows = [i for i, (p, _) in enumerate(train) if p in selection_paths]
         report = selection_report_of(model, c, [first_view[i] for i in rows], [face_view.get(i) for i in rows],
                                      labels[rows].numpy())
-    if args.extra == "none":  # the extra photos stay in the shared cache (same views for every run), out of training
-        usable = usable[usable < n_train]
-    if args.select is not None:
         print(f"select: training on {len(usable)} breed photos, comparing on {len(rows)}", flush=True)
 
     with loop.JsonLog(args.out / "log.jsonl") as log:
