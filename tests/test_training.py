@@ -225,3 +225,23 @@ def test_soup_averages_two_runs_weights_into_one_network_that_loads(tmp_path):
     assert torch.load(tmp_path / "soup.pt")["input"] == 8
     with pytest.raises(ValueError):
         soup.soup([a, {k: v for k, v in b.items() if not k.startswith("2.")}])
+
+
+
+def test_breeds_small_view_is_the_face_crop_seen_from_far_away():
+    """--small-faces: the framing of the server's face crop, with the detail a 16-60 px face has."""
+    from PIL import Image
+
+    from training.train_breeds import view
+
+    image = photo(CATS[0])
+    face = load().detect([image], breeds=False)[0][0]
+    near = view(image, np.random.default_rng(0), "face", face.box).mean(0)
+    far = view(image, np.random.default_rng(0), "small", face.box).mean(0)
+    # the same face (the small view may be mirrored)
+    similarity = [np.corrcoef(x.ravel(), far.ravel())[0, 1] for x in (near, near[:, ::-1])]
+    assert max(similarity) > 0.8
+    detail = [np.abs(np.diff(x[64:192, 64:192], axis=1)).mean() for x in (near, far)]  # in the face box
+    assert detail[1] < 0.75 * detail[0]
+    # a photo without a face (a dog's) gets a box drawn in its middle
+    assert view(Image.new("RGB", (400, 300)), np.random.default_rng(0), "small").shape == (3, 256, 256)

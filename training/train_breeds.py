@@ -24,6 +24,10 @@ teach the cat output only, since their owners' sense of a breed is not Oxford's 
 selection folds); with `none` nothing. Any extra photo that near-duplicates a validation photo is
 dropped in every case. Oxford trainval cats are split by near-duplicate cluster; dogs and Crawford
 cats as the detector splits them.
+
+The cat output is also /detect's cat check on each face's crop, and a far-away cat's crop is small
+and blurry: `--small-faces` adds such views (and the same of dog photos) for the cat output alone,
+cached in a file of their own beside the main cache.
 """
 from __future__ import annotations
 
@@ -59,6 +63,11 @@ LABEL_SMOOTHING = 0.1
 EXTRA_WEIGHT = 0.7   # loss weight of the (cleaned) extra photos
 CATNESS_PER_EPOCH = 800  # Crawford cats + dogs drawn per epoch for the cat / not-a-cat output
 MIXUP_SHARE = 0.5    # with --mixup, the share of batches mixed (the rest stay clean, as served)
+# --small-faces: views of a face as the server crops it from a far-away cat (the photo shrunk until
+# the face is SMALL_FACE_PX wide, then cut as /detect cuts it: an upscaled, blurry crop), and the same
+# of a dog photo's middle, teach the cat output only; SMALL_PER_EPOCH of them drawn per epoch.
+SMALL_FACE_PX = (16.0, 60.0)
+SMALL_PER_EPOCH = 400
 
 
 def jitter(image: Image.Image, rng) -> Image.Image:
@@ -83,10 +92,25 @@ def view(image: Image.Image, rng, kind: str, face_box=None) -> np.ndarray:
         x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
         image = jitter(image.crop((int(x0), int(y0), int(x0 + cw), int(y0 + ch))), rng)
         flip = rng.random() < 0.5
+    elif kind == "small":
+        box = np.asarray(face_box if face_box is not None else middle_box(image.size, rng), np.float64)
+        scale = min(1.0, rng.uniform(*SMALL_FACE_PX) / max(box[2] - box[0], box[3] - box[1]))
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+        image = geometry.warp(image, geometry.square_crop_matrix(box * scale, INPUT, BREED_CROP_SCALE), (INPUT, INPUT))
+        flip = rng.random() < 0.5
     image = image.resize((INPUT, INPUT), Image.BILINEAR)
     if flip:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
     return np.asarray(image, np.float32).transpose(2, 0, 1)
+
+
+def middle_box(size: tuple[int, int], rng) -> np.ndarray:
+    """A square "face" box in a photo without one (a dog's): 15-30% of the shorter side, centred
+    in the middle half of the photo, where the dog's head mostly is."""
+    w, h = size
+    side = rng.uniform(0.15, 0.3) * min(w, h)
+    cx, cy = rng.uniform(0.25, 0.75) * w, rng.uniform(0.25, 0.75) * h
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
 
 
 def training_views(face_box, noisy: bool) -> list[str]:
@@ -192,10 +216,11 @@ def mixed_loss(breed_logits, cat_logit, y, w, cat, pairs=None, lam=1.0):
             + F.binary_cross_entropy_with_logits(cat_logit, lam * cat + (1 - lam) * cat[pairs]))
 
 
-def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_items, epochs, rng, log, lr,
+def fit(model, feats, owners, labels, weights, is_cat, breed_items, draws, epochs, rng, log, lr,
         train_from, val=None, mixup=0.0):
     """Fine-tune the tail from block `train_from`: each epoch one random view of every breed photo
-    and a sample of the catness photos. labels -1 = no breed label (Crawford cats, dogs). With
+    and of a sample of each pool in `draws` ((items, how many an epoch): the catness photos, and
+    the small faces). labels -1 = no breed label (Crawford cats, dogs, small faces). With
     `mixup` (a Beta alpha), some batches mix the cached features of two photos and their labels."""
     for p in model.parameters():
         p.requires_grad_(False)
@@ -210,7 +235,8 @@ def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_item
     view_lists: dict[int, list[int]] = {}
     for v, o in enumerate(owners.tolist()):
         view_lists.setdefault(o, []).append(v)
-    per_epoch = len(breed_items) + min(CATNESS_PER_EPOCH, len(catness_items))
+    draws = [(pool, min(n, len(pool))) for pool, n in draws]
+    per_epoch = len(breed_items) + sum(n for _, n in draws)
     steps = math.ceil(per_epoch / BATCH)
     schedule = loop.WarmupCosine(optimiser, epochs * steps, warmup_steps=steps)  # one epoch of warm-up
     step = 0
@@ -218,8 +244,7 @@ def fit(model, feats, owners, labels, weights, is_cat, breed_items, catness_item
         t0 = time.time()
         for m in head + body:
             m.train()
-        drawn = rng.choice(catness_items, min(CATNESS_PER_EPOCH, len(catness_items)), replace=False)
-        photos = list(breed_items) + list(drawn)
+        photos = list(breed_items) + [i for pool, n in draws for i in rng.choice(pool, n, replace=False)]
         rng.shuffle(photos)
         chosen = torch.tensor([view_lists[i][rng.integers(len(view_lists[i]))] for i in photos])
         losses = []
@@ -287,6 +312,23 @@ def selection_report_of(model, c, full_views, face_views, labels):
     return report
 
 
+def small_faces(model, cache: Path, breed_photos, dogs, rng) -> dict:
+    """--small-faces' own cache beside the main one: one "small" view of every labelled training
+    photo where the shipped detector finds a face and of every dog photo. "sources" indexes each
+    item's photo: breed photos first (train + extra), then the dogs after them."""
+    path = cache.with_name(cache.stem + "-small.pt")
+    if path.exists():
+        return torch.load(path)
+    boxes = face_boxes([p for p, _ in breed_photos])
+    sources = [i for i, box in enumerate(boxes) if box is not None] + [len(breed_photos) + j for j in range(len(dogs))]
+    paths = [p for p, _ in breed_photos] + list(dogs)
+    photos = [(paths[i], boxes[i] if i < len(boxes) else None, ["small"]) for i in sources]
+    feats, owners = cache_features(model.backbone, photos, rng)
+    small = {"feats": feats, "owners": owners, "sources": sources}
+    torch.save(small, path)
+    return small
+
+
 def main(argv=None):
     parser = loop.arguments(__doc__, out="runs/breeds", epochs=EPOCHS)
     parser.add_argument("--clean-epochs", type=int, default=CLEAN_EPOCHS)
@@ -297,6 +339,8 @@ def main(argv=None):
     parser.add_argument("--train-from", type=int, default=TRAIN_FROM, help="first fine-tuned block (> TAP)")
     parser.add_argument("--mixup", type=float, default=0.0,
                         help="Beta alpha of mixup on the cached features (0: none, as catbreeds 2.0.0)")
+    parser.add_argument("--small-faces", action="store_true",
+                        help="teach the cat output small, blurry face crops (and the same of dog photos)")
     parser.add_argument("--select", type=int, nargs="?", const=0, default=None, metavar="FOLD",
                         help="train without the selection part of the Oxford training photos and report on it "
                              "(FOLD 1.. : another, disjoint part of the same size)")
@@ -343,12 +387,20 @@ def main(argv=None):
         print(f"cached features in {time.time() - t0:.0f}s", flush=True)
 
     n_train, n_extra, n_cats = len(train), len(extra), len(crawford_cats)
-    labels = torch.tensor([b for _, b in train + extra] + [-1] * (n_cats + len(dogs)))
+    small = small_faces(model, cache, train + extra, dogs, rng) if args.small_faces else None
+    n_small = len(small["sources"]) if small else 0
+    labels = torch.tensor([b for _, b in train + extra] + [-1] * (n_cats + len(dogs) + n_small))
     if args.extra == "cat":  # cat photos without a breed label, as Crawford's are
         labels[n_train : n_train + n_extra] = -1
-    is_cat = torch.tensor([1.0] * (n_train + n_extra + n_cats) + [0.0] * len(dogs))
-    weights = torch.tensor([1.0] * n_train + [EXTRA_WEIGHT] * n_extra + [0.0] * (n_cats + len(dogs)))
-    catness_items = np.arange(n_train + n_extra, n_train + n_extra + n_cats + len(dogs))
+    is_cat = torch.tensor([1.0] * (n_train + n_extra + n_cats) + [0.0] * len(dogs)
+                          + ([float(s < n_train + n_extra) for s in small["sources"]] if small else []))
+    weights = torch.tensor([1.0] * n_train + [EXTRA_WEIGHT] * n_extra + [0.0] * (n_cats + len(dogs) + n_small))
+    first_small = n_train + n_extra + n_cats + len(dogs)
+    catness_items = np.arange(n_train + n_extra, first_small)
+    if small:  # its items follow every photo's; their views follow the cache's
+        c["feats"] = torch.cat([c["feats"], small["feats"]])
+        c["owners"] = torch.cat([c["owners"], small["owners"] + first_small])
+        c["kinds"] = c["kinds"] + ["small"] * len(small["owners"])
     val_labels = np.array([b for _, b in val])
     first_view: dict[int, int] = {}
     face_view: dict[int, int] = {}
@@ -358,11 +410,20 @@ def main(argv=None):
             face_view[o] = v
     # --extra none: the extra photos stay in the shared cache (same views for every run), out of training
     usable = np.arange(n_train if args.extra == "none" else n_train + n_extra)
+
+    def small_usable(breed_items: np.ndarray) -> np.ndarray:
+        """The small faces of the breed photos trained on, and every dog's."""
+        kept = set(breed_items.tolist())
+        return np.array([first_small + j for j, s in enumerate(small["sources"] if small else [])
+                         if s >= n_train + n_extra or s in kept], dtype=int)
+
+    small_items = small_usable(usable)
     report = val_report_of(model, c, val_labels)
     if args.select is not None:  # the selection part and its near-duplicates leave training; compared on it
         inner, extra_kept, selection = splits(*labelled, select=args.select)
         training_paths, selection_paths = {p for p, _ in inner + extra_kept}, {p for p, _ in selection}
         usable = np.array([i for i in usable if breed_photos[i][0] in training_paths], dtype=int)
+        small_items = small_usable(usable)
         rows = [i for i, (p, _) in enumerate(train) if p in selection_paths]
         report = selection_report_of(model, c, [first_view[i] for i in rows], [face_view.get(i) for i in rows],
                                      labels[rows].numpy())
@@ -372,8 +433,8 @@ def main(argv=None):
         if n_extra and args.clean_epochs and args.extra == "breeds":
             print("cleaning the extra photos with an Oxford-only model", flush=True)
             judge = CatBreedClassifier(pretrained_backbone(args.backbone))
-            fit(judge, c["feats"], c["owners"], labels, weights, is_cat, usable[usable < n_train], catness_items,
-                args.clean_epochs, rng, None, lr, args.train_from)
+            fit(judge, c["feats"], c["owners"], labels, weights, is_cat, usable[usable < n_train],
+                [(catness_items, CATNESS_PER_EPOCH)], args.clean_epochs, rng, None, lr, args.train_from)
             probs, _ = predict(judge, c["feats"][[first_view[i] for i in range(n_train, n_train + n_extra)]])
             extra_labels = labels[n_train : n_train + n_extra].numpy()
             contradicted = (probs.argmax(1) != extra_labels) & (probs.max(1) >= CONTRADICTED)
@@ -385,10 +446,11 @@ def main(argv=None):
                         for i in np.nonzero(contradicted)[0]))
             del judge
         kept = usable[weights[usable].numpy() > 0]
-        fit(model, c["feats"], c["owners"], labels, weights, is_cat, kept, catness_items, args.epochs, rng, log,
+        draws = [(catness_items, CATNESS_PER_EPOCH)] + ([(small_items, SMALL_PER_EPOCH)] if small else [])
+        fit(model, c["feats"], c["owners"], labels, weights, is_cat, kept, draws, args.epochs, rng, log,
             lr, args.train_from, report, args.mixup)
         final = {"final": report(), "train_from": args.train_from, "select": args.select, "mixup": args.mixup,
-                 "extra": args.extra}
+                 "extra": args.extra, "small_faces": args.small_faces}
         (args.out / "report.json").write_text(json.dumps(final, indent=1))
     torch.save({"model": model.state_dict(), "input": INPUT, "backbone": args.backbone}, args.out / "checkpoint.pt")
     return model
