@@ -227,7 +227,6 @@ def test_soup_averages_two_runs_weights_into_one_network_that_loads(tmp_path):
         soup.soup([a, {k: v for k, v in b.items() if not k.startswith("2.")}])
 
 
-
 def test_breeds_small_view_is_the_face_crop_seen_from_far_away():
     """--small-faces: the framing of the server's face crop, with the detail a 16-60 px face has."""
     from PIL import Image

@@ -410,24 +410,19 @@ def main(argv=None):
             face_view[o] = v
     # --extra none: the extra photos stay in the shared cache (same views for every run), out of training
     usable = np.arange(n_train if args.extra == "none" else n_train + n_extra)
-
-    def small_usable(breed_items: np.ndarray) -> np.ndarray:
-        """The small faces of the breed photos trained on, and every dog's."""
-        kept = set(breed_items.tolist())
-        return np.array([first_small + j for j, s in enumerate(small["sources"] if small else [])
-                         if s >= n_train + n_extra or s in kept], dtype=int)
-
-    small_items = small_usable(usable)
     report = val_report_of(model, c, val_labels)
     if args.select is not None:  # the selection part and its near-duplicates leave training; compared on it
         inner, extra_kept, selection = splits(*labelled, select=args.select)
         training_paths, selection_paths = {p for p, _ in inner + extra_kept}, {p for p, _ in selection}
         usable = np.array([i for i in usable if breed_photos[i][0] in training_paths], dtype=int)
-        small_items = small_usable(usable)
         rows = [i for i, (p, _) in enumerate(train) if p in selection_paths]
         report = selection_report_of(model, c, [first_view[i] for i in rows], [face_view.get(i) for i in rows],
                                      labels[rows].numpy())
         print(f"select: training on {len(usable)} breed photos, comparing on {len(rows)}", flush=True)
+    # the small faces of the breed photos trained on, and every dog's
+    trained_on = set(usable.tolist())
+    small_items = np.array([first_small + j for j, s in enumerate(small["sources"] if small else [])
+                            if s >= n_train + n_extra or s in trained_on], dtype=int)
 
     with loop.JsonLog(args.out / "log.jsonl") as log:
         if n_extra and args.clean_epochs and args.extra == "breeds":
