@@ -24,13 +24,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import REPO, machine  # noqa: E402
 from service.pipeline import load  # noqa: E402
+from service.runtime import EXACT_INT8  # noqa: E402
 
 
 def session(path: Path, exact: bool, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     if exact:
-        options.add_session_config_entry("session.x64quantprecision", "1")
+        options.add_session_config_entry(EXACT_INT8, "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

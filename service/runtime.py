@@ -10,6 +10,11 @@ import numpy as np
 import onnxruntime as ort
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# x86 CPUs without VNNI (AVX2 only, e.g. AMD EPYC) multiply int8 weights into a saturating int16:
+# the int8 detector lost validation faces there that it keeps on VNNI CPUs (2026-12-03). This
+# session option has onnxruntime use exact u8 x u8 kernels on such CPUs only; they then answer
+# exactly as the VNNI CPU the model card was measured on.
+EXACT_INT8 = "session.x64quantprecision"
 
 
 class ModelFileError(RuntimeError):
@@ -52,11 +57,7 @@ class OnnxModel:
         # The server runs the three models at once, each in its own thread: intra-op threads that
         # spin while waiting took the cores from the other models (-30% throughput on 2 cores).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # x86 CPUs without VNNI (AVX2 only, e.g. AMD EPYC) multiply int8 weights into a saturating
-        # int16: the int8 detector lost validation faces there that it keeps on VNNI CPUs
-        # (2026-12-03). This has onnxruntime use exact u8 x u8 kernels on such CPUs only; they
-        # then answer exactly as the VNNI CPU the model card was measured on.
-        options.add_session_config_entry("session.x64quantprecision", "1")
+        options.add_session_config_entry(EXACT_INT8, "1")
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
