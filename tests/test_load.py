@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import overload, soak
+from benchmarks import harness, overload, soak
 
 
 def _failed(report: dict) -> str:
@@ -19,6 +19,17 @@ def test_overload_is_refused_fast_and_the_service_recovers(tmp_path):
                           recovery_seconds=5, idle_seconds=2, cats=12, dogs=4, log_path=tmp_path / "server.log")
     assert report["passed"], _failed(report)
     assert report["overload"]["refused"] > report["overload"]["accepted"], "4x the capacity was offered"
+
+
+def test_recovery_counts_a_backlog_and_errors_not_a_lone_slow_answer():
+    def answer(started, seconds, status=200):
+        return harness.Result(tag="recovery", started=started, status=status, seconds=seconds)
+
+    draining = [answer(0.0, 2.0), answer(0.2, 1.8), answer(0.4, 0.1)]
+    assert overload.not_recovered(draining, slow=0.5) == draining[:2]
+    assert overload.not_recovered([answer(0.0, 0.1), answer(4.0, 0.9), answer(4.2, 0.1)], slow=0.5) == []
+    refused = answer(4.0, 0.01, status=503)
+    assert overload.not_recovered([answer(0.0, 0.1), refused, answer(4.2, 0.1)], slow=0.5) == [refused]
 
 
 def test_soak_of_mixed_uploads_has_no_5xx_and_no_memory_creep(tmp_path):
