@@ -218,3 +218,19 @@ def test_corrupted_model_stops_start_up(tmp_path):
     (tmp_path / "catlandmarks.onnx").write_bytes(bytes(blob))
     with pytest.raises(ModelFileError, match="catlandmarks.onnx"):
         load_models(tmp_path, threads=1)
+
+
+def test_issue_gates_read_every_line_from_the_shipped_evaluation():
+    """benchmarks/issue_gates.py is how a model change is judged against issues 12 and 13: each line
+    must find its number in the committed eval.json and manifest (a renamed row must not turn
+    into a silent 'not measured'), and a line fails on the stored number, never on its rounding."""
+    from benchmarks import issue_gates
+
+    ev = json.loads((MODELS / "eval.json").read_text())
+    manifest = json.loads((MODELS / "manifest.json").read_text())
+    cost = {"models": {"against_baseline": {"ratio": 1.0}}, "breeds": {"ratio": 1.0}}
+    rows = issue_gates.check(ev, manifest, cost)
+    assert len(rows) == len(issue_gates.GATES) and all(r["value"] is not None for r in rows)
+    ev["landmarks"]["true box"]["error_5pt_of_box"] = 0.0175001
+    assert not next(r for r in issue_gates.check(ev, manifest, cost) if r["line"].startswith("5-point"))["ok"]
+    assert not next(r for r in issue_gates.check(ev, manifest, {}) if r["line"].startswith("detector +"))["ok"]
