@@ -5,15 +5,16 @@ client sends one cat photo to POST /detect every second. An attack passes when
 
 - every attack request gets a 4xx problem+json (never a 5xx, never a dropped connection), and
   fast: within ATTACK_ANSWER_S of its last byte sent;
-- during the three attacks issue 14 names (PROBED: decode bombs, slow uploads, pixel bombs), at
-  least PROBE_SHARE of the honest probes get a 200 within the request deadline; the others report
-  their probes too (a burst of honest requests may fairly fill max_inflight: a probe's 503 is the
+- during the attacks issue 14 names (PROBED: decode bombs, slow uploads, pixel bombs) and slow
+  heads, at least PROBE_SHARE of the honest probes get a 200 within the request deadline; the
+  others report their probes too (a burst of honest requests may fairly fill max_inflight: a probe's 503 is the
   right answer there, and 16 cheap invalid uploads hold slots for a few hundred ms);
 - the server's peak RSS (VmHWM) stays under --memory-limit-mb.
 
-Attacks (each reproduces a finding of issue 14):
+Attacks (each reproduces a finding of issue 14, or of a later review: slow-heads):
   decode-bomb     2 progressive 7000x7000 JPEGs whose last scan is repeated 1,500 times (~300 KB)
   slow-upload     32 connections sending a body at 2 bytes/s
+  slow-heads      1000 connections trickling a request's headers a byte a second (slowloris)
   pixel-bomb      8 concurrent RGBA PNGs of 7000x7000 (~200 KB each)
   annotate-bomb   16 concurrent tiny truncated JPEGs declaring 7000x7000, to /annotate
   thin-annotate   a PNG of 16x3,000,000 to /annotate
@@ -47,7 +48,7 @@ from PIL import Image
 from benchmarks.harness import HOST, REPO, Server, multipart, real_photos, request_bytes, send_once
 
 ATTACK_ANSWER_S = 5.0   # an attack is refused within this of its last byte
-PROBED = {"decode-bomb", "slow-upload", "pixel-bomb"}  # issue 14: honest clients must be served meanwhile
+PROBED = {"decode-bomb", "slow-upload", "slow-heads", "pixel-bomb"}  # honest clients must be served meanwhile
 PROBE_SHARE = 0.9       # honest probes answered 200 within the deadline
 PROBE_DEADLINE_S = 10.0  # the service's request deadline
 RESULTS = REPO / "benchmarks" / "results"
@@ -134,15 +135,26 @@ async def post(port: int, path: str, data: bytes, content_type: str = "image/jpe
 
 async def slow_upload(port: int, declared: int = 200_000, rate: float = 2.0, timeout: float = 60) -> dict:
     """Headers, then a body trickled at `rate` bytes/s until the server answers or closes."""
+    head = request_bytes("POST", "/detect", b"", "image/jpeg").replace(
+        b"Content-Length: 0", f"Content-Length: {declared}".encode())
+    return await trickle(port, head, b"\xff\xd8"[: max(1, int(rate))], timeout)
+
+
+async def slow_head(port: int, timeout: float = 60) -> dict:
+    """A request line, then a header trickled a byte a second (slowloris): the head never ends."""
+    return await trickle(port, f"POST /detect HTTP/1.1\r\nHost: {HOST}\r\nX-Slow: ".encode(), b"a", timeout)
+
+
+async def trickle(port: int, first: bytes, each_second: bytes, timeout: float) -> dict:
+    """`first`, then `each_second` every second until the server answers or closes."""
     reader, writer = await asyncio.open_connection(HOST, port)
     started = time.perf_counter()
-    writer.write(request_bytes("POST", "/detect", b"", "image/jpeg")
-                 .replace(b"Content-Length: 0", f"Content-Length: {declared}".encode()))
+    writer.write(first)
     answer = asyncio.ensure_future(_answer(reader))
     try:
         async with asyncio.timeout(timeout):
             while not answer.done():
-                writer.write(b"\xff\xd8"[: max(1, int(rate))])
+                writer.write(each_second)
                 await writer.drain()
                 await asyncio.wait({answer}, timeout=1.0)
             status, headers, _ = answer.result()
@@ -178,6 +190,8 @@ def attack_jobs(name: str, port: int, photos: list[bytes]):
         return [post(port, "/detect", bomb, jpeg) for _ in range(2)], True
     if name == "slow-upload":
         return [slow_upload(port) for _ in range(32)], True
+    if name == "slow-heads":
+        return [slow_head(port) for _ in range(SLOW_HEADS)], True
     if name == "pixel-bomb":
         bomb = pixel_bomb()
         return [post(port, "/detect", bomb, "image/png") for _ in range(8)], True
@@ -200,9 +214,10 @@ def attack_jobs(name: str, port: int, photos: list[bytes]):
     raise ValueError(f"unknown attack {name!r}")
 
 
-ATTACKS = ["decode-bomb", "slow-upload", "pixel-bomb", "annotate-bomb", "thin-annotate", "big-uploads", "burst",
-           "no-cat-burst", "many-faces"]
+ATTACKS = ["decode-bomb", "slow-upload", "slow-heads", "pixel-bomb", "annotate-bomb", "thin-annotate", "big-uploads",
+           "burst", "no-cat-burst", "many-faces"]
 CATS = 8  # the photos are CATS cat photos, then dog photos
+SLOW_HEADS = 1000  # connections trickling a head: each held a file descriptor for ever before the head deadline
 
 
 async def _run_attack(server: Server, name: str, seconds: float, photos: list[bytes]) -> dict:

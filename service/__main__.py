@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, lifespan="on", log_config=log_config, access_log=False,
-        server_header=False, http=ProblemH11Protocol,
+        server_header=False, http=ProblemH11Protocol.with_head_timeout(settings.head_timeout_s),
         # X-Forwarded-* only from the configured proxies: a direct client could claim any address.
         proxy_headers=bool(settings.forwarded_allow_ips), forwarded_allow_ips=settings.forwarded_allow_ips or None,
         # A stuck request must not hold the shutdown forever: after its deadline it is abandoned anyway.

@@ -4,6 +4,7 @@ SIGTERM while the worst in-limit decode runs."""
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import struct
@@ -18,13 +19,16 @@ from benchmarks import attacks
 
 from .conftest import CATS, encode, photo, service_process
 
+HEAD_TIMEOUT_S = 2.0  # this module's server's (shipped: 10 s)
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile")
     log_path = folder / "server.log"
     # A temporary directory that does not exist: any upload spooled to disk would fail (500).
-    with service_process(log_path, TMPDIR=str(folder / "no-such-dir")) as (process, base):
+    with service_process(log_path, TMPDIR=str(folder / "no-such-dir"),
+                         CATFACE_HEAD_TIMEOUT_S=str(HEAD_TIMEOUT_S)) as (process, base):
         yield process, base, log_path
 
 
@@ -95,6 +99,61 @@ def test_malformed_http_gets_problem_json(server):
     head, _, payload = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and b"application/problem+json" in head
     assert json.loads(payload)["status"] == 400 and closed
+
+
+def _connect(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=HEAD_TIMEOUT_S + 5)
+
+
+def _read_until_closed(s: socket.socket) -> tuple[bytes, float]:
+    started, data = time.monotonic(), b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data, time.monotonic() - started
+
+
+def test_a_head_trickled_in_is_cut_off_with_a_408_problem(server):
+    """Slowloris: a client that never finishes its request line and headers must not hold its
+    connection for ever (uvicorn alone only times out idle keep-alive connections)."""
+    _, base, _ = server
+    with _connect(base) as s:
+        s.sendall(b"POST /detect HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        for _ in range(int(HEAD_TIMEOUT_S) + 3):  # a byte a second until answered, past the deadline
+            if select.select([s], [], [], 1.0)[0]:
+                break
+            s.sendall(b"a")
+        data, _ = _read_until_closed(s)
+    head, _, payload = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and b"application/problem+json" in head
+    assert json.loads(payload)["type"].endswith(":head-timeout")
+
+
+def test_the_head_deadline_starts_again_after_each_answer_on_a_connection(server):
+    _, base, _ = server
+    with _connect(base) as s:
+        time.sleep(HEAD_TIMEOUT_S / 2)
+        s.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")  # in time: answered, connection kept
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += s.recv(65536)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+        length = int(lengths[0])
+        while len(body) < length:
+            body += s.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200")
+        time.sleep(HEAD_TIMEOUT_S * 0.75)  # a second head may start late within its own deadline
+        s.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n")  # ... but never ends
+        data, waited = _read_until_closed(s)
+    assert data.startswith(b"HTTP/1.1 408") and waited <= HEAD_TIMEOUT_S + 1
+
+
+def test_a_silent_connection_is_closed_without_an_answer(server):
+    _, base, _ = server
+    with _connect(base) as s:
+        data, waited = _read_until_closed(s)
+    assert data == b"" and waited <= HEAD_TIMEOUT_S + 1
 
 
 def _png_with_bad_exif(tags: int = 2000) -> bytes:
