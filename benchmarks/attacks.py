@@ -15,6 +15,8 @@ Attacks (each reproduces a finding of issue 14, or of a later review: slow-heads
   decode-bomb     2 progressive 7000x7000 JPEGs whose last scan is repeated 1,500 times (~300 KB)
   slow-upload     32 connections sending a body at 2 bytes/s
   slow-heads      1000 connections trickling a request's headers a byte a second (slowloris)
+  connection-flood 4000 connections holding a 15 KB partial head each (memory: past max_connections
+                  a new one gets 503 too-many-connections, which honest clients then get as well)
   pixel-bomb      8 concurrent RGBA PNGs of 7000x7000 (~200 KB each)
   annotate-bomb   16 concurrent tiny truncated JPEGs declaring 7000x7000, to /annotate
   thin-annotate   a PNG of 16x3,000,000 to /annotate
@@ -34,6 +36,7 @@ import asyncio
 import datetime
 import io
 import json
+import resource
 import sys
 import time
 import zlib
@@ -140,9 +143,12 @@ async def slow_upload(port: int, declared: int = 200_000, rate: float = 2.0, tim
     return await trickle(port, head, b"\xff\xd8"[: max(1, int(rate))], timeout)
 
 
-async def slow_head(port: int, timeout: float = 60) -> dict:
-    """A request line, then a header trickled a byte a second (slowloris): the head never ends."""
-    return await trickle(port, f"POST /detect HTTP/1.1\r\nHost: {HOST}\r\nX-Slow: ".encode(), b"a", timeout)
+async def slow_head(port: int, padding: int = 0, delay: float = 0.0, timeout: float = 60) -> dict:
+    """After `delay` s, a request line and `padding` bytes of a header, then a byte a second
+    (slowloris): the head never ends."""
+    await asyncio.sleep(delay)
+    return await trickle(port, f"POST /detect HTTP/1.1\r\nHost: {HOST}\r\nX-Slow: ".encode() + b"a" * padding,
+                         b"a", timeout)
 
 
 async def trickle(port: int, first: bytes, each_second: bytes, timeout: float) -> dict:
@@ -191,7 +197,11 @@ def attack_jobs(name: str, port: int, photos: list[bytes]):
     if name == "slow-upload":
         return [slow_upload(port) for _ in range(32)], True
     if name == "slow-heads":
-        return [slow_head(port) for _ in range(SLOW_HEADS)], True
+        return [slow_head(port) for _ in range(client_files(SLOW_HEADS))], True
+    if name == "connection-flood":
+        # opened at FLOOD_RATE a second: thousands of connects at one instant overflow the kernel's
+        # listen queue, whose resets say nothing about the service
+        return [slow_head(port, padding=15_000, delay=i / FLOOD_RATE) for i in range(client_files(FLOOD))], True
     if name == "pixel-bomb":
         bomb = pixel_bomb()
         return [post(port, "/detect", bomb, "image/png") for _ in range(8)], True
@@ -214,10 +224,22 @@ def attack_jobs(name: str, port: int, photos: list[bytes]):
     raise ValueError(f"unknown attack {name!r}")
 
 
-ATTACKS = ["decode-bomb", "slow-upload", "slow-heads", "pixel-bomb", "annotate-bomb", "thin-annotate", "big-uploads",
-           "burst", "no-cat-burst", "many-faces"]
+ATTACKS = ["decode-bomb", "slow-upload", "slow-heads", "connection-flood", "pixel-bomb", "annotate-bomb",
+           "thin-annotate", "big-uploads", "burst", "no-cat-burst", "many-faces"]
 CATS = 8  # the photos are CATS cat photos, then dog photos
 SLOW_HEADS = 1000  # connections trickling a head: each held a file descriptor for ever before the head deadline
+FLOOD = 4000       # connections holding a 15 KB partial head each: twice the shipped max_connections
+FLOOD_RATE = 2000  # connections opened a second
+
+
+def client_files(wanted: int) -> int:
+    """How many of `wanted` connections this client can open: its soft open-file limit raised to
+    the hard one (the server raises its own), less a margin for the probes and the rest."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return wanted if soft == resource.RLIM_INFINITY else max(0, min(wanted, soft - 200))
 
 
 async def _run_attack(server: Server, name: str, seconds: float, photos: list[bytes]) -> dict:
@@ -235,10 +257,12 @@ async def _run_attack(server: Server, name: str, seconds: float, photos: list[by
     statuses = sorted({str(r["status"]) for r in results})
     problems = []
     for r in results:
-        overloaded = r["status"] == 503 and not refused  # an honest burst past max_inflight: a fair answer
+        # an honest burst past max_inflight, or a flood past max_connections: a fair answer
+        overloaded = r["status"] == 503 and (not refused or name == "connection-flood")
         if r["status"] is None or (r["status"] >= 500 and not overloaded):
             problems.append(f"attack request answered {r['status']} ({r.get('error', '')})")
-        elif refused and not (400 <= r["status"] < 500 and r["type"].startswith("application/problem+json")):
+        elif refused and not ((400 <= r["status"] < 500 or overloaded)
+                              and r["type"].startswith("application/problem+json")):
             problems.append(f"attack request answered {r['status']} {r['type']}, expected a 4xx problem+json")
         elif refused and r["seconds"] > ATTACK_ANSWER_S:
             problems.append(f"attack refused after {r['seconds']:.1f} s")

@@ -15,6 +15,7 @@ import ctypes
 import logging.config
 import math
 import os
+import resource
 import socket
 import sys
 import time
@@ -70,6 +71,21 @@ def fixed_mmap_threshold() -> None:
         pass
 
 
+FILES_BESIDE_CONNECTIONS = 256  # descriptors the process needs besides its connections (models, pools, logs)
+
+
+def connections_that_fit(wanted: int) -> int:
+    """Raise the soft limit of open files to the hard one (containers often start at a soft 1024)
+    and return how many of `wanted` connections fit under it: past that, accept() would fail with
+    EMFILE and stall every client, instead of the clean 503 of max_connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = wanted + FILES_BESIDE_CONNECTIONS if hard == resource.RLIM_INFINITY else hard
+        soft = max(soft, target)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return max(1, min(wanted, soft - FILES_BESIDE_CONNECTIONS))
+
+
 def taken(host: str, port: int) -> str | None:
     """Why the address cannot be listened on, or None when it can."""
     try:
@@ -98,10 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     log_config = logs.config(settings.log_level)
     logging.config.dictConfig(log_config)
     logging.captureWarnings(True)  # library warnings (Pillow's on odd EXIF) as JSON lines, rate-limited
+    max_connections = connections_that_fit(settings.max_connections)
+    if max_connections < settings.max_connections:
+        log.warning("open-file limit: at most %d connections, not CATFACE_MAX_CONNECTIONS=%d",
+                    max_connections, settings.max_connections)
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, lifespan="on", log_config=log_config, access_log=False,
-        server_header=False, http=ProblemH11Protocol.with_head_timeout(settings.head_timeout_s),
+        server_header=False, http=ProblemH11Protocol.limited(
+            settings.head_timeout_s, max_connections, settings.retry_after_s),
         # X-Forwarded-* only from the configured proxies: a direct client could claim any address.
         proxy_headers=bool(settings.forwarded_allow_ips), forwarded_allow_ips=settings.forwarded_allow_ips or None,
         # A stuck request must not hold the shutdown forever: after its deadline it is abandoned anyway.

@@ -43,6 +43,9 @@ class Settings:
     # A request's line and headers must arrive within this, from the connection's start or the end
     # of the previous answer on it (408; service/http11.py: slowloris on the head).
     head_timeout_s: float = 10.0
+    # Connections open at once; past it a new one gets a 503 and the close (each open connection can
+    # hold a partial head of up to 16 KB: 2048 of them ~45 MB; service/http11.py).
+    max_connections: int = 2048
     # Decoding: refused from the header, before any pixel work, when it would cost too much.
     max_pixels: int = 50_000_000    # width x height of the stored image (decompression bombs)
     max_decode_bytes: int = 100 * 1024 * 1024  # memory the decoder would fill for one image (413)
@@ -87,7 +90,7 @@ class Settings:
     def checked(self) -> Settings:
         positive = ["max_batch_size", "queue_size", "max_inflight", "max_body_bytes", "max_upload_buffer_bytes",
                     "upload_timeout_s", "head_timeout_s", "max_pixels", "max_decode_bytes", "max_jpeg_scan_work",
-                    "decode_side", "annotate_max_side", "request_timeout_s", "image_threads", "port"]
+                    "decode_side", "annotate_max_side", "max_connections", "request_timeout_s", "image_threads", "port"]
         bad = [name for name in positive if getattr(self, name) <= 0]
         bad += [name for name in ("max_wait_ms", "admission_wait_ms", "threads", "drain_s", "retry_after_s",
                                   "min_upload_rate", "upload_grace_s") if getattr(self, name) < 0]

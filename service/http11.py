@@ -9,6 +9,10 @@ a request line and headers a byte at a time (slowloris) holds its connection, a 
 and up to h11's 16 KiB buffer, for ever, and thousands of them starve the process of both. The
 head must arrive within `head_timeout_s` of the connection's start or of the previous answer's end
 (CATFACE_HEAD_TIMEOUT_S); the body has its own limits (service/uploads.py).
+
+Within that deadline a flood of connections still costs ~21 KB each (a 15 KB partial head: 8000
+of them took 170 MB), so past `max_connections` open at once (CATFACE_MAX_CONNECTIONS) a new one
+is answered 503 problem+json at once and closed after a short linger, reading nothing.
 """
 from __future__ import annotations
 
@@ -25,15 +29,30 @@ def problem_body(status: int, title: str, slug: str, detail: str) -> bytes:
     return json.dumps({"type": TYPE_PREFIX + slug, "title": title, "status": status, "detail": detail}).encode()
 
 
+LINGER_S = 1.0  # a refused connection stays open this long so that the client reads its 503 before the close
+
+
+def raw_problem(status: int, reason: str, slug: str, detail: str, headers: bytes = b"") -> bytes:
+    """A whole problem+json answer written without h11 (which sends nothing before it has read a request)."""
+    body = problem_body(status, reason, slug, detail)
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: {MEDIA_TYPE}\r\ncontent-length: {len(body)}\r\n".encode()
+            + headers + b"connection: close\r\n\r\n" + body)
+
+
 class ProblemH11Protocol(H11Protocol):
-    head_timeout_s: float  # set by with_head_timeout (from the settings)
+    # Set by limited() from the settings.
+    head_timeout_s: float
+    max_connections: int
+    retry_after_s: int
     _head_timer: asyncio.TimerHandle | None = None
     _head_started = False  # bytes of the awaited head have arrived
+    _refused = False  # over max_connections: answered 503, lingering
 
     @classmethod
-    def with_head_timeout(cls, seconds: float) -> type[ProblemH11Protocol]:
-        """This protocol with another head timeout (uvicorn builds one protocol per connection)."""
-        return type(cls.__name__, (cls,), {"head_timeout_s": seconds})
+    def limited(cls, head_timeout_s: float, max_connections: int, retry_after_s: int) -> type[ProblemH11Protocol]:
+        """This protocol with the service's limits (uvicorn builds one protocol per connection)."""
+        return type(cls.__name__, (cls,), {"head_timeout_s": head_timeout_s, "max_connections": max_connections,
+                                           "retry_after_s": retry_after_s})
 
     def send_400_response(self, msg: str) -> None:
         body = problem_body(400, "Bad Request", "malformed-http", msg)
@@ -47,9 +66,25 @@ class ProblemH11Protocol(H11Protocol):
     # ---- the head's deadline ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._await_head()
+        if len(self.connections) > self.max_connections:
+            self._refuse()
+        else:
+            self._await_head()
+
+    def _refuse(self) -> None:
+        self._refused = True
+        self.transport.write(raw_problem(
+            503, "Service Unavailable", "too-many-connections",
+            f"more than {self.max_connections} connections are open; try again shortly",
+            f"retry-after: {self.retry_after_s}\r\n".encode()))
+        # Half-close, and discard what the client sends: a close with its request unread would
+        # reset the connection, and the client could lose the 503 with it.
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         super().data_received(data)
         if self.conn.their_state is h11.IDLE:
             self._head_started = self._head_started or bool(data)
@@ -80,10 +115,7 @@ class ProblemH11Protocol(H11Protocol):
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
         if self._head_started:  # a client mid-request hears why; an idle socket is just closed
-            body = problem_body(408, "Request Timeout", "head-timeout",
-                                f"the request line and headers must arrive within {self.head_timeout_s:g} s")
-            # Written raw: h11 sends no response before it has read a request.
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: " + MEDIA_TYPE.encode()
-                                 + b"\r\ncontent-length: " + str(len(body)).encode()
-                                 + b"\r\nconnection: close\r\n\r\n" + body)
+            self.transport.write(raw_problem(
+                408, "Request Timeout", "head-timeout",
+                f"the request line and headers must arrive within {self.head_timeout_s:g} s"))
         self.transport.close()

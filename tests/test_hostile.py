@@ -20,6 +20,7 @@ from benchmarks import attacks
 from .conftest import CATS, encode, photo, service_process
 
 HEAD_TIMEOUT_S = 2.0  # this module's server's (shipped: 10 s)
+MAX_CONNECTIONS = 32  # this module's server's (shipped: 2048)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,8 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile")
     log_path = folder / "server.log"
     # A temporary directory that does not exist: any upload spooled to disk would fail (500).
-    with service_process(log_path, TMPDIR=str(folder / "no-such-dir"),
-                         CATFACE_HEAD_TIMEOUT_S=str(HEAD_TIMEOUT_S)) as (process, base):
+    with service_process(log_path, TMPDIR=str(folder / "no-such-dir"), CATFACE_HEAD_TIMEOUT_S=str(HEAD_TIMEOUT_S),
+                         CATFACE_MAX_CONNECTIONS=str(MAX_CONNECTIONS)) as (process, base):
         yield process, base, log_path
 
 
@@ -154,6 +155,26 @@ def test_a_silent_connection_is_closed_without_an_answer(server):
     with _connect(base) as s:
         data, waited = _read_until_closed(s)
     assert data == b"" and waited <= HEAD_TIMEOUT_S + 1
+
+
+def test_a_connection_past_the_limit_gets_a_503_problem_and_later_ones_are_served(server):
+    """A flood of open connections costs memory even within the head deadline: past the limit a
+    new connection is refused at once, readably, and the service serves again when they go."""
+    _, base, _ = server
+    held = [_connect(base) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.3)  # accepted by the server's loop
+        with _connect(base) as s:
+            s.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            data, _ = _read_until_closed(s)
+    finally:
+        for h in held:
+            h.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"application/problem+json" in head and b"retry-after: " in head
+    assert json.loads(payload)["type"].endswith(":too-many-connections")
+    time.sleep(0.3)
+    assert httpx.get(base + "/livez", timeout=10).status_code == 200
 
 
 def _png_with_bad_exif(tags: int = 2000) -> bytes:

@@ -59,3 +59,19 @@ def test_real_server_answers_drains_on_sigterm_and_logs_json(server, cat_bytes):
     assert "ready" in messages and "draining" in messages and "stopped" in messages
     mine = [r for r in records if r.get("request_id") == "uvicorn-test-1"]
     assert mine and mine[-1]["status"] == 200 and mine[-1]["path"] == "/detect"
+
+
+def test_the_connection_limit_fits_under_the_open_file_limit(monkeypatch):
+    """A container that starts at a soft limit of 1024 open files: the service raises it to the
+    hard limit, and where even that is short it lowers max_connections, so that a flood meets a
+    clean 503 rather than accept() failing for every client."""
+    import resource
+
+    from service.__main__ import FILES_BESIDE_CONNECTIONS, connections_that_fit
+
+    limits = {"now": (1024, 1024)}
+    monkeypatch.setattr(resource, "getrlimit", lambda _: limits["now"])
+    monkeypatch.setattr(resource, "setrlimit", lambda _, value: limits.update(now=value))
+    assert connections_that_fit(2048) == 1024 - FILES_BESIDE_CONNECTIONS
+    limits["now"] = (1024, 65536)
+    assert connections_that_fit(2048) == 2048 and limits["now"] == (65536, 65536)
