@@ -137,6 +137,22 @@ def test_detector_rebuilt_from_onnx_fine_tunes_with_its_batch_norms_frozen(tmp_p
     assert not all(torch.equal(before[k], after[k]) for k in before)  # it did train
 
 
+def test_landmarker_rebuilt_from_onnx_fine_tunes_with_its_batch_norms_frozen(tmp_path):
+    """The same for catlandmarks, whose graph also runs the mirrored crop (each folded weight read
+    twice): the rebuilt net matches onnxruntime (checked inside) and trains with frozen BN."""
+    from training import from_onnx, train_landmarks
+
+    checkpoint = tmp_path / "rebuilt" / "checkpoint.pt"
+    from_onnx.main(["--model", "catlandmarks", "--onnx", str(MODELS / "catlandmarks.onnx"), "--out", str(checkpoint)])
+    train_landmarks.main(["--data", str(DATA), "--out", str(tmp_path / "tuned"), "--init", str(checkpoint),
+                          "--freeze-bn", "--epochs", "1", "--limit", "40", "--threads", "1"])
+    before = torch.load(checkpoint, map_location="cpu")["model"]
+    after = torch.load(tmp_path / "tuned" / "checkpoint.pt", map_location="cpu")["model"]
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    assert not all(torch.equal(before[k], after[k]) for k in before)  # it did train
+
+
 def test_detector_select_holds_out_the_selection_part_breeds_use():
     """train_detector --select trains on none of the photos runs are then compared on: the Oxford
     photos train_breeds --select holds out, whole Crawford sessions, and a share of the dogs."""

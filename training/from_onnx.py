@@ -1,12 +1,14 @@
-"""A trainable catface checkpoint rebuilt from a shipped float ONNX file, for a run that must
-start from the shipped weights when their training checkpoint is gone.
+"""A trainable catface or catlandmarks checkpoint rebuilt from a shipped float ONNX file, for a
+run that must start from the shipped weights when their training checkpoint is gone.
 
     python -m training.from_onnx --onnx models/catface.onnx --out runs/detector-2.0.0/checkpoint.pt
+    python -m training.from_onnx --model catlandmarks --onnx models/catlandmarks.onnx \
+        --out runs/landmarks-1.0.0/checkpoint.pt
 
 The exporter folded every BatchNorm into the convolution before it, so the ONNX file holds no
 BN statistics. Each folded convolution gets the folded weight, and its BN becomes "add the folded
 bias" (weight 1, mean 0, variance 1 - eps). Train such a model with its BN layers in eval mode
-(train_detector --freeze-bn): batch statistics would undo the folding. The rebuilt net is
+(train_detector / train_landmarks --freeze-bn): batch statistics would undo the folding. The rebuilt net is
 checked against onnxruntime on random photos before it is written.
 """
 from __future__ import annotations
@@ -20,10 +22,10 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from service.contract import DETECTOR_INPUT
+from service.contract import DETECTOR_INPUT, LANDMARK_INPUT
 
 from .export import assert_same_outputs
-from .nets import BN_EPS, CatFaceDetector, EfficientNetLite0
+from .nets import BN_EPS, CatFaceDetector, CatLandmarker, EfficientNetLite0
 
 
 def convs_in_order(model: nn.Module, size: int) -> list[nn.Conv2d]:
@@ -49,11 +51,13 @@ def batch_norm_after(model: nn.Module) -> dict[nn.Conv2d, nn.BatchNorm2d]:
     return pairs
 
 
-def load_folded(model: CatFaceDetector, path: Path) -> CatFaceDetector:
+def load_folded(model: nn.Module, path: Path) -> nn.Module:
     graph = onnx.load(path).graph
     weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
     named = dict(model.named_parameters())
-    folded_nodes = [n for n in graph.node if n.op_type == "Conv" and n.input[1] not in named]
+    # (a graph that also runs the mirrored crop reads each folded weight a second time through an
+    # Identity node: only the convolutions reading the stored weights count)
+    folded_nodes = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in weights and n.input[1] not in named]
     bn = batch_norm_after(model)
     folded_convs = [c for c in convs_in_order(model, model.input_size) if c in bn]
     if len(folded_nodes) != len(folded_convs):
@@ -77,16 +81,22 @@ def load_folded(model: CatFaceDetector, path: Path) -> CatFaceDetector:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["catface", "catlandmarks"], default="catface")
     parser.add_argument("--onnx", type=Path, default=Path("models/catface.onnx"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    model = load_folded(CatFaceDetector(EfficientNetLite0("lite0"), DETECTOR_INPUT), args.onnx).eval()
-    photos = np.random.default_rng(0).uniform(0, 255, (2, 3, DETECTOR_INPUT, DETECTOR_INPUT)).astype(np.float32)
+    if args.model == "catface":
+        size, model = DETECTOR_INPUT, CatFaceDetector(EfficientNetLite0("lite0"), DETECTOR_INPUT)
+    else:
+        size, model = LANDMARK_INPUT, CatLandmarker(EfficientNetLite0("lite0"), LANDMARK_INPUT)
+        model.flip_average = True  # as exported (compared so; the checkpoint holds weights only)
+    model = load_folded(model, args.onnx).eval()
+    photos = np.random.default_rng(0).uniform(0, 255, (2, 3, size, size)).astype(np.float32)
     # (noise photos: float sums in another order move boxes by < 0.3 px)
     assert_same_outputs(model, args.onnx, torch.from_numpy(photos), atol=1e-3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "input": DETECTOR_INPUT, "folded_from": str(args.onnx)}, args.out)
-    print(f"wrote {args.out}: matches {args.onnx} (scores and normalised boxes within 1e-3)")
+    torch.save({"model": model.state_dict(), "input": size, "folded_from": str(args.onnx)}, args.out)
+    print(f"wrote {args.out}: matches {args.onnx} (every output within 1e-3)")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ def nme(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def main(argv=None):
     parser = loop.arguments(__doc__, out="runs/landmarks", epochs=EPOCHS)
     parser.add_argument("--any-angle", type=float, default=ANY_ANGLE_P, help="share of crops rolled by any angle")
+    parser.add_argument("--freeze-bn", action="store_true",
+                        help="BatchNorm keeps its statistics (a net rebuilt from ONNX by training.from_onnx)")
     args = parser.parse_args(argv)
     rng = loop.start(args)
 
@@ -86,7 +88,7 @@ def main(argv=None):
     step = 0
     with loop.JsonLog(args.out / "log.jsonl") as log:
         for epoch in range(args.epochs):
-            loop.train_mode(model, frozen)
+            loop.train_mode(model, frozen, args.freeze_bn)
             t0, losses = time.time(), []
             order = rng.permutation(len(train))
             for b in range(steps_per_epoch):
