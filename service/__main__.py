@@ -119,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("open-file limit: at most %d connections, not CATFACE_MAX_CONNECTIONS=%d",
                     max_connections, settings.max_connections)
     app = create_app(settings)
+    protocol = ProblemH11Protocol.limited(settings.head_timeout_s, max_connections, settings.retry_after_s,
+                                          refused=app.state.service.metrics.refused)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, lifespan="on", log_config=log_config, access_log=False,
-        server_header=False, http=ProblemH11Protocol.limited(
-            settings.head_timeout_s, max_connections, settings.retry_after_s),
+        server_header=False, http=protocol,
         # X-Forwarded-* only from the configured proxies: a direct client could claim any address.
         proxy_headers=bool(settings.forwarded_allow_ips), forwarded_allow_ips=settings.forwarded_allow_ips or None,
         # A stuck request must not hold the shutdown forever: after its deadline it is abandoned anyway.

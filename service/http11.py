@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -44,15 +45,17 @@ class ProblemH11Protocol(H11Protocol):
     head_timeout_s: float
     max_connections: int
     retry_after_s: int
+    refused: Callable[[str], None]  # counts a refusal by its problem slug (catface_rejections_total)
     _head_timer: asyncio.TimerHandle | None = None
     _head_started = False  # bytes of the awaited head have arrived
     _refused = False  # over max_connections: answered 503, lingering
 
     @classmethod
-    def limited(cls, head_timeout_s: float, max_connections: int, retry_after_s: int) -> type[ProblemH11Protocol]:
+    def limited(cls, head_timeout_s: float, max_connections: int, retry_after_s: int,
+                refused: Callable[[str], None]) -> type[ProblemH11Protocol]:
         """This protocol with the service's limits (uvicorn builds one protocol per connection)."""
         return type(cls.__name__, (cls,), {"head_timeout_s": head_timeout_s, "max_connections": max_connections,
-                                           "retry_after_s": retry_after_s})
+                                           "retry_after_s": retry_after_s, "refused": staticmethod(refused)})
 
     def send_400_response(self, msg: str) -> None:
         body = problem_body(400, "Bad Request", "malformed-http", msg)
@@ -73,6 +76,7 @@ class ProblemH11Protocol(H11Protocol):
 
     def _refuse(self) -> None:
         self._refused = True
+        self.refused("too-many-connections")
         self.transport.write(raw_problem(
             503, "Service Unavailable", "too-many-connections",
             f"more than {self.max_connections} connections are open; try again shortly",
@@ -114,6 +118,7 @@ class ProblemH11Protocol(H11Protocol):
         self._head_timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
+        self.refused("head-timeout")
         if self._head_started:  # a client mid-request hears why; an idle socket is just closed
             self.transport.write(raw_problem(
                 408, "Request Timeout", "head-timeout",

@@ -44,6 +44,10 @@ class Metrics:
         self.model_info = Gauge("catface_model_info", "Loaded models (value 1)", ["name", "version", "sha256"],
                                 registry=r)
 
+    def refused(self, reason: str) -> None:
+        """A refusal before any route ran (service/http11.py: a late head, too many connections)."""
+        self.rejections.labels(reason).inc()
+
     def for_model(self, name: str) -> ModelObserver:
         return ModelObserver(self, name)
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from benchmarks import attacks
+from benchmarks import attacks, harness
 
 from .conftest import CATS, encode, photo, service_process
 
@@ -107,6 +107,11 @@ def _connect(base: str) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=HEAD_TIMEOUT_S + 5)
 
 
+def _rejections(base: str, reason: str) -> float:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    return harness.metric(harness.parse_metrics(text), "catface_rejections_total", reason=reason)
+
+
 def _read_until_closed(s: socket.socket) -> tuple[bytes, float]:
     started, data = time.monotonic(), b""
     while chunk := s.recv(65536):
@@ -128,6 +133,7 @@ def test_a_head_trickled_in_is_cut_off_with_a_408_problem(server):
     head, _, payload = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408") and b"application/problem+json" in head
     assert json.loads(payload)["type"].endswith(":head-timeout")
+    assert _rejections(base, "head-timeout") >= 1  # operators see it in /metrics
 
 
 def test_the_head_deadline_starts_again_after_each_answer_on_a_connection(server):
@@ -173,6 +179,7 @@ def test_a_connection_past_the_limit_gets_a_503_problem_and_later_ones_are_serve
     head, _, payload = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503") and b"application/problem+json" in head and b"retry-after: " in head
     assert json.loads(payload)["type"].endswith(":too-many-connections")
+    assert _rejections(base, "too-many-connections") >= 1
     time.sleep(0.3)
     assert httpx.get(base + "/livez", timeout=10).status_code == 200
 
