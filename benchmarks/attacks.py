@@ -36,7 +36,6 @@ import asyncio
 import datetime
 import io
 import json
-import resource
 import sys
 import time
 import zlib
@@ -49,6 +48,9 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.harness import HOST, REPO, Server, multipart, real_photos, request_bytes, send_once
+
+# (the client opens thousands of connections too: the server's rule raises this process's open-file limit)
+from service.__main__ import connections_that_fit
 
 ATTACK_ANSWER_S = 5.0   # an attack is refused within this of its last byte
 PROBED = {"decode-bomb", "slow-upload", "slow-heads", "pixel-bomb"}  # honest clients must be served meanwhile
@@ -197,11 +199,11 @@ def attack_jobs(name: str, port: int, photos: list[bytes]):
     if name == "slow-upload":
         return [slow_upload(port) for _ in range(32)], True
     if name == "slow-heads":
-        return [slow_head(port) for _ in range(client_files(SLOW_HEADS))], True
+        return [slow_head(port) for _ in range(connections_that_fit(SLOW_HEADS))], True
     if name == "connection-flood":
         # opened at FLOOD_RATE a second: thousands of connects at one instant overflow the kernel's
         # listen queue, whose resets say nothing about the service
-        return [slow_head(port, padding=15_000, delay=i / FLOOD_RATE) for i in range(client_files(FLOOD))], True
+        return [slow_head(port, padding=15_000, delay=i / FLOOD_RATE) for i in range(connections_that_fit(FLOOD))], True
     if name == "pixel-bomb":
         bomb = pixel_bomb()
         return [post(port, "/detect", bomb, "image/png") for _ in range(8)], True
@@ -230,16 +232,6 @@ CATS = 8  # the photos are CATS cat photos, then dog photos
 SLOW_HEADS = 1000  # connections trickling a head: each held a file descriptor for ever before the head deadline
 FLOOD = 4000       # connections holding a 15 KB partial head each: twice the shipped max_connections
 FLOOD_RATE = 2000  # connections opened a second
-
-
-def client_files(wanted: int) -> int:
-    """How many of `wanted` connections this client can open: its soft open-file limit raised to
-    the hard one (the server raises its own), less a margin for the probes and the rest."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
-    return wanted if soft == resource.RLIM_INFINITY else max(0, min(wanted, soft - 200))
 
 
 async def _run_attack(server: Server, name: str, seconds: float, photos: list[bytes]) -> dict:

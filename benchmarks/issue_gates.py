@@ -19,8 +19,12 @@ import json
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+
+from training.model_card import RESULTS, newest_file  # noqa: E402 (the card reads the same results files)
+
 DETECT = "catface + closer look + cat check (what /detect answers)"  # evaluate's row for what /detect answers
 
 
@@ -29,8 +33,8 @@ def detect_row(ev: dict) -> dict:
 
 
 def newest(pattern: str) -> tuple[str, dict] | tuple[None, None]:
-    files = sorted(RESULTS.glob(pattern))
-    return (files[-1].name, json.loads(files[-1].read_text())) if files else (None, None)
+    file = newest_file(pattern)
+    return (file.name, json.loads(file.read_text())) if file else (None, None)
 
 
 def coreml_bytes(manifest: dict, name: str) -> int:
