@@ -15,7 +15,7 @@ Attacks (each reproduces a finding of issue 14, or of a later review: slow-heads
   decode-bomb     2 progressive 7000x7000 JPEGs whose last scan is repeated 1,500 times (~300 KB)
   slow-upload     32 connections sending a body at 2 bytes/s
   slow-heads      1000 connections trickling a request's headers a byte a second (slowloris)
-  connection-flood 4000 connections holding a 15 KB partial head each (memory: past max_connections
+  connection-flood 4000 connections holding a 15 KB partial head each, silent (memory: past max_connections
                   a new one gets 503 too-many-connections, which honest clients then get as well)
   pixel-bomb      8 concurrent RGBA PNGs of 7000x7000 (~200 KB each)
   annotate-bomb   16 concurrent tiny truncated JPEGs declaring 7000x7000, to /annotate
@@ -145,12 +145,12 @@ async def slow_upload(port: int, declared: int = 200_000, rate: float = 2.0, tim
     return await trickle(port, head, b"\xff\xd8"[: max(1, int(rate))], timeout)
 
 
-async def slow_head(port: int, padding: int = 0, delay: float = 0.0, timeout: float = 60) -> dict:
-    """After `delay` s, a request line and `padding` bytes of a header, then a byte a second
+async def slow_head(port: int, padding: int = 0, delay: float = 0.0, more: bytes = b"a", timeout: float = 60) -> dict:
+    """After `delay` s, a request line and `padding` bytes of a header, then `more` each second
     (slowloris): the head never ends."""
     await asyncio.sleep(delay)
     return await trickle(port, f"POST /detect HTTP/1.1\r\nHost: {HOST}\r\nX-Slow: ".encode() + b"a" * padding,
-                         b"a", timeout)
+                         more, timeout)
 
 
 async def trickle(port: int, first: bytes, each_second: bytes, timeout: float) -> dict:
@@ -201,9 +201,12 @@ def attack_jobs(name: str, port: int, photos: list[bytes]):
     if name == "slow-heads":
         return [slow_head(port) for _ in range(connections_that_fit(SLOW_HEADS))], True
     if name == "connection-flood":
-        # opened at FLOOD_RATE a second: thousands of connects at one instant overflow the kernel's
-        # listen queue, whose resets say nothing about the service
-        return [slow_head(port, padding=15_000, delay=i / FLOOD_RATE) for i in range(connections_that_fit(FLOOD))], True
+        # Opened at FLOOD_RATE a second: thousands of connects at one instant overflow the kernel's
+        # listen queue, whose resets say nothing about the service. Each holds its partial head
+        # and sends nothing more (slow-heads trickles): a refused one that kept writing after the
+        # server's close would be reset, and a client starved of CPU could lose its 503 with it.
+        return [slow_head(port, padding=15_000, delay=i / FLOOD_RATE, more=b"")
+                for i in range(connections_that_fit(FLOOD))], True
     if name == "pixel-bomb":
         bomb = pixel_bomb()
         return [post(port, "/detect", bomb, "image/png") for _ in range(8)], True
