@@ -298,16 +298,23 @@ def val_report_of(model, c, val_labels):
     return report
 
 
+def selection_probabilities(model, c, full_views, face_views) -> tuple[np.ndarray, np.ndarray]:
+    """--select: breed probabilities of the held-out training photos, whole photo and face crop
+    (NaN where no face was found)."""
+    whole = predict(model, c["feats"][full_views])[0]
+    face = np.full_like(whole, np.nan)
+    with_face = [i for i, v in enumerate(face_views) if v is not None]
+    if with_face:
+        face[with_face] = predict(model, c["feats"][[face_views[i] for i in with_face]])[0]
+    return whole, face
+
+
 def selection_report_of(model, c, full_views, face_views, labels):
     """--select: breeds of the held-out training photos, face crop and whole photo averaged where
     a face was found (as the product rule does for one face), else the whole photo."""
     def report():
-        whole = predict(model, c["feats"][full_views])[0]
-        both = whole.copy()
-        with_face = [i for i, v in enumerate(face_views) if v is not None]
-        if with_face:
-            face = predict(model, c["feats"][[face_views[i] for i in with_face]])[0]
-            both[with_face] = (whole[with_face] + face) / 2
+        whole, face = selection_probabilities(model, c, full_views, face_views)
+        both = np.where(np.isnan(face), whole, (whole + face) / 2)
         return {"select": breed_metrics(both.argmax(1), labels)}  # its recall_per_breed included
     return report
 
@@ -447,6 +454,11 @@ def main(argv=None):
         final = {"final": report(), "train_from": args.train_from, "select": args.select, "mixup": args.mixup,
                  "extra": args.extra, "small_faces": args.small_faces}
         (args.out / "report.json").write_text(json.dumps(final, indent=1))
+        if args.select is not None:  # kept so product rules can be compared on the fold without training again
+            whole, face = selection_probabilities(model, c, [first_view[i] for i in rows],
+                                                  [face_view.get(i) for i in rows])
+            np.savez(args.out / "selection_probabilities.npz", whole=whole, face=face, labels=labels[rows].numpy(),
+                     paths=np.array([train[i][0] for i in rows]))
     torch.save({"model": model.state_dict(), "input": INPUT, "backbone": args.backbone}, args.out / "checkpoint.pt")
     return model
 
