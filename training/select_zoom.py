@@ -57,6 +57,22 @@ RULE = ("Chosen: grids (3, 2), windows of 4 around the boxes scored from 0.2 up 
         "instead of 9 tiles.")
 
 
+def photo_sets(data_dir: Path, select: bool = False) -> tuple[list, list, list]:
+    """Crawford cat photos, dog photos and Oxford cat photos (path, breed) of the training split
+    that closer looks are chosen on: a fixed draw of 250, 400 and 300, or with `select` every photo
+    of the selection part."""
+    rng = np.random.default_rng(1)
+    cats, dogs = split_sources(data_dir, "train")
+    if select:  # every photo of the selection part, which --select runs did not train on
+        _, _, cats, dogs = hold_out_selection(data_dir, cats, dogs)  # Crawford sessions and dogs
+        pets, extra, groups = labelled_photos(data_dir)
+        return cats, dogs, splits(pets, extra, groups, select=0)[2]
+    cats = [cats[i] for i in sorted(rng.choice(len(cats), 250, replace=False))]
+    dogs = [dogs[i] for i in sorted(rng.choice(len(dogs), 400, replace=False))]
+    oxford, _, _ = breed_datasets(data_dir)  # Oxford *training* cat photos
+    return cats, dogs, [oxford[i] for i in sorted(rng.choice(len(oxford), 300, replace=False))]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -69,18 +85,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     catface = load(args.models, args.threads)
     shipped = dict(catface.zoom)
-    rng = np.random.default_rng(1)
-    cats, dogs = split_sources(args.data, "train")
-    if args.select:  # every photo of the selection part, which --select runs did not train on
-        _, _, cats, dogs = hold_out_selection(args.data, cats, dogs)  # Crawford sessions and dogs
-        pets, extra, groups = labelled_photos(args.data)
-        oxford = splits(pets, extra, groups, select=0)[2]
-    else:
-        cats = [cats[i] for i in sorted(rng.choice(len(cats), 250, replace=False))]
-        dogs = [dogs[i] for i in sorted(rng.choice(len(dogs), 400, replace=False))]
-        oxford, _, _ = breed_datasets(args.data)  # Oxford *training* cat photos
-        oxford = [oxford[i] for i in sorted(rng.choice(len(oxford), 300, replace=False))]
-
+    cats, dogs, oxford = photo_sets(args.data, args.select)
     served = boxes_found(catface)  # what /detect answers
     out = []
     for candidate in [{}] if args.shipped_only else CANDIDATES:
