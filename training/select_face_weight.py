@@ -1,0 +1,59 @@
+"""Choose the product rule's weight of the face crop (against the whole photo, when one face is
+found) on the selection folds of the Oxford TRAINING photos, never on validation: each fold's
+probabilities come from a `train_breeds --select FOLD` run, which trained without that fold and
+kept them (selection_probabilities.npz).
+
+    python -m training.select_face_weight runs/fold0-small runs/fold1-small \
+        --out benchmarks/results/breeds-face-weight-2026-12-03.json
+
+Prints, per weight, the photos right per fold and pooled, and the pooled recall of every breed;
+adds them to --out (a results file holding the rule written before the runs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import data
+from .metrics import breed_metrics
+
+WEIGHTS = (0.5, 0.25, 0.0)  # 0.5: the shipped rule; 0.0: the whole photo alone (a diagnostic)
+
+
+def product_rule(whole: np.ndarray, face: np.ndarray, weight: float) -> np.ndarray:
+    """Breed probabilities per photo: weight x face crop + (1 - weight) x whole photo where a face
+    was found (face rows not NaN), else the whole photo."""
+    return np.where(np.isnan(face), whole, weight * np.nan_to_num(face) + (1 - weight) * whole)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path, nargs="+", help="train_breeds --select runs, one per fold")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    folds = [np.load(run / "selection_probabilities.npz") for run in args.runs]
+    table = {}
+    for weight in WEIGHTS:
+        right = [int((product_rule(f["whole"], f["face"], weight).argmax(1) == f["labels"]).sum()) for f in folds]
+        pooled = breed_metrics(np.concatenate([product_rule(f["whole"], f["face"], weight).argmax(1) for f in folds]),
+                               np.concatenate([f["labels"] for f in folds]))
+        recall = pooled["recall_per_breed"]
+        lowest = min(recall, key=recall.get)
+        table[str(weight)] = {"right_per_fold": right, "right": sum(right), "photos": pooled["photos"],
+                              "macro_f1": round(pooled["macro_f1"], 4), "lowest_breed": f"{lowest} {recall[lowest]}",
+                              "recall_per_breed": recall}
+        print(f"face weight {weight}: {sum(right)}/{pooled['photos']} right {right}, macro F1 "
+              f"{pooled['macro_f1']:.4f}, lowest {lowest} {recall[lowest]}")
+    with_face = sum(int((~np.isnan(f["face"][:, 0])).sum()) for f in folds)
+    print(f"({with_face} of {sum(len(f['labels']) for f in folds)} photos with a face; breeds {len(data.BREEDS)})")
+    if args.out:
+        report = json.loads(args.out.read_text()) if args.out.exists() else {}
+        report["folds"] = {"runs": [str(r) for r in args.runs], "photos_with_a_face": with_face, "weights": table}
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
