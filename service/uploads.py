@@ -135,6 +135,12 @@ class _InMemoryParser(MultiPartParser):
     # Starlette spools file parts over 1 MB to /tmp; the body limit already bounds them, and
     # /tmp is a 64 MiB tmpfs in the container (4 uploads of 19 MB filled it: 500s).
     spool_max_size = 1 << 62
+    # python-multipart calls on_end at the closing boundary and nowhere else; a body without it
+    # was cut short, and Starlette would parse it as a form missing its unfinished part.
+    ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
 
 
 async def _from_multipart(request: Request, upload: Upload) -> bytes:
@@ -143,6 +149,9 @@ async def _from_multipart(request: Request, upload: Upload) -> bytes:
         form = await parser.parse()
     except MultiPartException as exc:
         raise Problem(400, "bad-multipart", f"the multipart body cannot be parsed: {exc.message}") from None
+    if not parser.ended:
+        await form.close()
+        raise Problem(400, "bad-multipart", "the multipart body ends before its closing boundary (cut short?)")
     try:
         part = form.get(FIELD)
         if part is None:

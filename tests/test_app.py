@@ -232,6 +232,7 @@ BAD_UPLOADS = {
     "text-field": (dict(data={"image": "cat.jpg"}, files={"other": ("x", b"x")}), 422, "image-field-not-a-file"),
     "bad-multipart": (dict(content=b"--x\r\nnonsense", headers={"content-type": "multipart/form-data"}), 400,
                       "bad-multipart"),
+    "cut-short-multipart": ("cut-short", 400, "bad-multipart"),
 }
 
 
@@ -242,6 +243,9 @@ def test_bad_uploads_get_their_4xx_and_the_service_stays_up(live, cat_bytes, cas
         request = dict(files={"image": ("a.jpg", cat_bytes[0][: len(cat_bytes[0]) // 2], "image/jpeg")})
     elif request == "wrong-field":
         request = dict(files={"photo": ("a.jpg", cat_bytes[0], "image/jpeg")})
+    elif request == "cut-short":  # the whole photo's part, but the body stops before the closing boundary
+        request = dict(content=b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+                       + cat_bytes[0] + b"\r\n", headers={"content-type": "multipart/form-data; boundary=b"})
     for url in ("/detect", "/breeds"):
         assert_problem(live.post(url, **request), status, slug)
     assert live.get("/livez").status_code == 200
