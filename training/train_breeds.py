@@ -458,7 +458,7 @@ def main(argv=None):
             whole, face = selection_probabilities(model, c, [first_view[i] for i in rows],
                                                   [face_view.get(i) for i in rows])
             np.savez(args.out / "selection_probabilities.npz", whole=whole, face=face, labels=labels[rows].numpy(),
-                     paths=np.array([train[i][0] for i in rows]))
+                     paths=np.array([str(train[i][0]) for i in rows]))
     torch.save({"model": model.state_dict(), "input": INPUT, "backbone": args.backbone}, args.out / "checkpoint.pt")
     return model
 
