@@ -263,15 +263,17 @@ def test_breeds_small_view_is_the_face_crop_seen_from_far_away():
 
 
 def test_fold_product_rule_is_the_services_at_the_shipped_weight():
-    """select_face_weight scores the folds with the rule /breeds serves: at weight 0.5, one face's
-    crop and the photo averaged as CatFace.photo_probabilities does; no face, the photo alone."""
+    """train_breeds --select and select_face_weight score the folds with the rule /breeds serves: at
+    its weight, one face's crop and the photo averaged as CatFace.photo_probabilities does; no
+    face, the photo alone."""
     from service.pipeline import CatFace
-    from training.select_face_weight import product_rule
+    from training.train_breeds import FACE_WEIGHT, product_rule
 
     rng = np.random.default_rng(0)
     whole, face = rng.dirichlet(np.ones(12), 2), rng.dirichlet(np.ones(12), 2)
     face[1] = np.nan  # the second photo: no face found
-    both = product_rule(whole, face, 0.5)
+    assert FACE_WEIGHT == 0.5
+    both = product_rule(whole, face)
     np.testing.assert_allclose(both[0], CatFace.photo_probabilities(np.stack([face[0], whole[0]])))
     np.testing.assert_allclose(both[1], whole[1])
     np.testing.assert_allclose(product_rule(whole, face, 0.0)[0], whole[0])

@@ -19,14 +19,9 @@ import numpy as np
 
 from . import data
 from .metrics import breed_metrics
+from .train_breeds import FACE_WEIGHT, product_rule
 
-WEIGHTS = (0.5, 0.25, 0.0)  # 0.5: the shipped rule; 0.0: the whole photo alone (a diagnostic)
-
-
-def product_rule(whole: np.ndarray, face: np.ndarray, weight: float) -> np.ndarray:
-    """Breed probabilities per photo: weight x face crop + (1 - weight) x whole photo where a face
-    was found (face rows not NaN), else the whole photo."""
-    return np.where(np.isnan(face), whole, weight * np.nan_to_num(face) + (1 - weight) * whole)
+WEIGHTS = (FACE_WEIGHT, 0.25, 0.0)  # the served rule's first; 0.0: the whole photo alone (a diagnostic)
 
 
 def main(argv=None):
@@ -37,9 +32,9 @@ def main(argv=None):
     folds = [np.load(run / "selection_probabilities.npz") for run in args.runs]
     table = {}
     for weight in WEIGHTS:
-        right = [int((product_rule(f["whole"], f["face"], weight).argmax(1) == f["labels"]).sum()) for f in folds]
-        pooled = breed_metrics(np.concatenate([product_rule(f["whole"], f["face"], weight).argmax(1) for f in folds]),
-                               np.concatenate([f["labels"] for f in folds]))
+        predicted = [product_rule(f["whole"], f["face"], weight).argmax(1) for f in folds]
+        right = [int((p == f["labels"]).sum()) for p, f in zip(predicted, folds)]
+        pooled = breed_metrics(np.concatenate(predicted), np.concatenate([f["labels"] for f in folds]))
         recall = pooled["recall_per_breed"]
         lowest = min(recall, key=recall.get)
         table[str(weight)] = {"right_per_fold": right, "right": sum(right), "photos": pooled["photos"],
