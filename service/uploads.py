@@ -149,10 +149,9 @@ async def _from_multipart(request: Request, upload: Upload) -> bytes:
         form = await parser.parse()
     except MultiPartException as exc:
         raise Problem(400, "bad-multipart", f"the multipart body cannot be parsed: {exc.message}") from None
-    if not parser.ended:
-        await form.close()
-        raise Problem(400, "bad-multipart", "the multipart body ends before its closing boundary (cut short?)")
     try:
+        if not parser.ended:
+            raise Problem(400, "bad-multipart", "the multipart body ends before its closing boundary (cut short?)")
         part = form.get(FIELD)
         if part is None:
             fields = ", ".join(repr(k) for k in form.keys()) or "none"
