@@ -13,6 +13,7 @@ Prints medians (this machine is noisy: compare ratios from one run, not across r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import glob
 import json
@@ -115,9 +116,10 @@ def against_baseline(catface, baseline, photos, repeats: int, rounds: int = 5, w
             "baseline_ms": round(base, 2), "ratio": round(ms / base, 3), "shipped_detector_rows": rows}
 
 
-def detector_rows(catface, photos) -> list[int]:
-    """How many detector rows (the whole photo, tiles, windows) /detect runs on each photo: where
-    the closer looks' cost goes. Counted in an untimed pass."""
+@contextlib.contextmanager
+def counting_rows(catface):
+    """Counts the detector rows (the whole photo, tiles, windows) catface runs inside the block:
+    where the closer looks' cost goes. Yields a one-item list holding the count (reset it freely)."""
     run, rows = catface.detector.run, [0]
 
     def counted(batch):
@@ -125,15 +127,20 @@ def detector_rows(catface, photos) -> list[int]:
         return run(batch)
     catface.detector.run = counted
     try:
+        yield rows
+    finally:
+        del catface.detector.run  # back to the class's method
+
+
+def detector_rows(catface, photos) -> list[int]:
+    """Detector rows /detect runs on each photo, counted in an untimed pass."""
+    with counting_rows(catface) as rows:
         out = []
         for photo in photos:
             rows[0] = 0
             catface.detect([photo], breeds=False)
             out.append(rows[0])
         return out
-    finally:
-        del catface.detector.run  # back to the class's method
-
 
 if __name__ == "__main__":
     main()
