@@ -22,6 +22,13 @@ def warp(image: Image.Image, matrix: np.ndarray, size: tuple[int, int], fill=(0,
                            Image.Resampling.BILINEAR, fillcolor=fill)
 
 
+def centre_box(size: tuple[int, int], share: float) -> tuple[int, int, int, int]:
+    """The middle `share` of each side of a (width, height) photo, as a PIL crop box."""
+    w, h = size
+    cw, ch = max(1, round(w * share)), max(1, round(h * share))
+    return (w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch
+
+
 def move_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return points @ matrix[:2, :2].T + matrix[:2, 2]
 
