@@ -20,3 +20,15 @@ def breed_metrics(pred: np.ndarray, labels: np.ndarray) -> dict:
             "macro_precision": float(precision.mean()),
             "macro_recall": float(recall.mean()), "macro_f1": float(f1.mean()), "unanswered": int((pred < 0).sum()),
             "recall_per_breed": dict(zip(data.BREEDS, recall.round(3).tolist())), "confusion": confusion.tolist()}
+
+
+def fold_summary(predicted: list[np.ndarray], labels: list[np.ndarray]) -> dict:
+    """One rule's score on the selection folds (each fold's predicted and true breeds): photos right
+    per fold and pooled, and the pooled macro F1, lowest breed and recall per breed."""
+    right = [int((p == y).sum()) for p, y in zip(predicted, labels)]
+    pooled = breed_metrics(np.concatenate(predicted), np.concatenate(labels))
+    recall = pooled["recall_per_breed"]
+    lowest = min(recall, key=recall.get)
+    return {"right_per_fold": right, "right": sum(right), "photos": pooled["photos"],
+            "macro_f1": round(pooled["macro_f1"], 4), "lowest_breed": f"{lowest} {recall[lowest]}",
+            "recall_per_breed": recall}

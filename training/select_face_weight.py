@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data
-from .metrics import breed_metrics
+from .metrics import fold_summary
 from .train_breeds import FACE_WEIGHT, product_rule
 
 WEIGHTS = (FACE_WEIGHT, 0.25, 0.0)  # the served rule's first; 0.0: the whole photo alone (a diagnostic)
@@ -33,15 +33,9 @@ def main(argv=None):
     table = {}
     for weight in WEIGHTS:
         predicted = [product_rule(f["whole"], f["face"], weight).argmax(1) for f in folds]
-        right = [int((p == f["labels"]).sum()) for p, f in zip(predicted, folds)]
-        pooled = breed_metrics(np.concatenate(predicted), np.concatenate([f["labels"] for f in folds]))
-        recall = pooled["recall_per_breed"]
-        lowest = min(recall, key=recall.get)
-        table[str(weight)] = {"right_per_fold": right, "right": sum(right), "photos": pooled["photos"],
-                              "macro_f1": round(pooled["macro_f1"], 4), "lowest_breed": f"{lowest} {recall[lowest]}",
-                              "recall_per_breed": recall}
-        print(f"face weight {weight}: {sum(right)}/{pooled['photos']} right {right}, macro F1 "
-              f"{pooled['macro_f1']:.4f}, lowest {lowest} {recall[lowest]}")
+        row = table[str(weight)] = fold_summary(predicted, [f["labels"] for f in folds])
+        print(f"face weight {weight}: {row['right']}/{row['photos']} right {row['right_per_fold']}, macro F1 "
+              f"{row['macro_f1']:.4f}, lowest {row['lowest_breed']}")
     with_face = sum(int((~np.isnan(f["face"][:, 0])).sum()) for f in folds)
     print(f"({with_face} of {sum(len(f['labels']) for f in folds)} photos with a face; breeds {len(data.BREEDS)})")
     if args.out:

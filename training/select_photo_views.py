@@ -24,7 +24,7 @@ from PIL import Image
 from service import geometry
 from service.pipeline import load
 
-from .metrics import breed_metrics
+from .metrics import fold_summary
 from .nets import CatBreedClassifier, EfficientNetLite0
 from .train_breeds import product_rule
 
@@ -78,15 +78,9 @@ def main(argv=None):
         name = "full" if share is None else f"full + centre {share}"
         photo = [f["full"] if share is None else (f["full"] + f[share]) / 2 for f in folds]
         predicted = [product_rule(p, f["face"]).argmax(1) for p, f in zip(photo, folds)]
-        right = [int((p == f["labels"]).sum()) for p, f in zip(predicted, folds)]
-        pooled = breed_metrics(np.concatenate(predicted), np.concatenate([f["labels"] for f in folds]))
-        recall = pooled["recall_per_breed"]
-        lowest = min(recall, key=recall.get)
-        table[name] = {"right_per_fold": right, "right": sum(right), "photos": pooled["photos"],
-                       "macro_f1": round(pooled["macro_f1"], 4), "lowest_breed": f"{lowest} {recall[lowest]}",
-                       "recall_per_breed": recall}
-        print(f"{name}: {sum(right)}/{pooled['photos']} right {right}, macro F1 {pooled['macro_f1']:.4f}, "
-              f"lowest {lowest} {recall[lowest]}")
+        row = table[name] = fold_summary(predicted, [f["labels"] for f in folds])
+        print(f"{name}: {row['right']}/{row['photos']} right {row['right_per_fold']}, macro F1 "
+              f"{row['macro_f1']:.4f}, lowest {row['lowest_breed']}")
     if args.out:
         report = json.loads(args.out.read_text()) if args.out.exists() else {}
         report["folds"] = {"runs": [str(r) for r in args.runs], "candidates": table}
