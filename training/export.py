@@ -41,10 +41,15 @@ from . import data
 from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
 
 # Per model: a retrained model gets a new version (the manifest says which one is shipped).
-VERSIONS = {"catface": "2.0.0", "catlandmarks": "1.0.0", "catbreeds": "2.1.0"}
+VERSIONS = {"catface": "2.0.0", "catlandmarks": "1.0.0", "catbreeds": "2.2.0"}
 # The weights each model's served ONNX file has: int8 where the validation numbers held within
 # issue 17's bounds (model card), float32 where they did not. CoreML files stay float16.
 WEIGHTS = {"catface": "int8", "catlandmarks": "float32", "catbreeds": "float32"}
+# Per model: whether its graph averages each input with its mirror. Not the detector (measured: no
+# help). The landmarker, yes. The classifier, no since 2.2.0: on the selection folds, scored as the
+# service cuts rows, 2.1.0's recipe got 286 of 304 without it against 283 with it, at half the cost
+# (benchmarks/results/breeds-mirror-2026-12-04.json).
+MIRROR = {"catface": False, "catlandmarks": True, "catbreeds": False}
 OPSET = 17
 PIXELS = {"name": "image", "layout": "NCHW", "dtype": "float32", "color": "RGB",
           "range": "0..255 (normalisation is inside the graph)"}
@@ -55,15 +60,17 @@ def file_facts(path: Path) -> dict:
     return {"file": path.name, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
 
 
+MODEL_NAMES = {CatFaceDetector: "catface", CatLandmarker: "catlandmarks", CatBreedClassifier: "catbreeds"}
+
+
 def load_checkpoint(kind, path: Path):
-    """A trained model as shipped (eval mode; landmarker and classifier average with the mirror)."""
+    """A trained model as shipped (eval mode; averaging with the mirror where MIRROR says)."""
     state = torch.load(path, map_location="cpu")
     size = DETECTOR_INPUT if kind is CatFaceDetector else state["input"]
     backbone = EfficientNetLite0(state.get("backbone", "lite0"))
     model = kind(backbone, size) if kind is not CatBreedClassifier else kind(backbone)
     model.load_state_dict(state["model"])
-    if kind in (CatLandmarker, CatBreedClassifier):  # measured: mirror averaging does not help the detector
-        model.flip_average = True
+    model.flip_average = MIRROR[NAMES[kind]]
     return model.eval(), size
 
 

@@ -1,9 +1,12 @@
-"""A trainable catface or catlandmarks checkpoint rebuilt from a shipped float ONNX file, for a
-run that must start from the shipped weights when their training checkpoint is gone.
+"""A trainable catface, catlandmarks or catbreeds checkpoint rebuilt from a shipped float ONNX
+file, for a run (or an export) that must start from the shipped weights when their training
+checkpoint is gone.
 
     python -m training.from_onnx --onnx models/catface.onnx --out runs/detector-2.0.0/checkpoint.pt
     python -m training.from_onnx --model catlandmarks --onnx models/catlandmarks.onnx \
         --out runs/landmarks-1.0.0/checkpoint.pt
+    python -m training.from_onnx --model catbreeds --onnx models/catbreeds.onnx \
+        --out runs/breeds-2.1.0/checkpoint.pt
 
 The exporter folded every BatchNorm into the convolution before it, so the ONNX file holds no
 BN statistics. Each folded convolution gets the folded weight, and its BN becomes "add the folded
@@ -22,10 +25,10 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from service.contract import DETECTOR_INPUT, LANDMARK_INPUT
+from service.contract import BREED_INPUT, DETECTOR_INPUT, LANDMARK_INPUT
 
 from .export import assert_same_outputs
-from .nets import BN_EPS, CatFaceDetector, CatLandmarker, EfficientNetLite0
+from .nets import BN_EPS, CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
 
 
 def convs_in_order(model: nn.Module, size: int) -> list[nn.Conv2d]:
@@ -81,21 +84,31 @@ def load_folded(model: nn.Module, path: Path) -> nn.Module:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["catface", "catlandmarks"], default="catface")
+    parser.add_argument("--model", choices=["catface", "catlandmarks", "catbreeds"], default="catface")
+    parser.add_argument("--backbone", default="lite2", help="catbreeds' backbone (lite0 for catbreeds 1.x)")
+    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                        help="whether the file averages each input with its mirror (the landmarker and "
+                             "classifier files up to catbreeds 2.1.0 do)")
     parser.add_argument("--onnx", type=Path, default=Path("models/catface.onnx"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    extra = {}
     if args.model == "catface":
         size, model = DETECTOR_INPUT, CatFaceDetector(EfficientNetLite0("lite0"), DETECTOR_INPUT)
-    else:
+    elif args.model == "catlandmarks":
         size, model = LANDMARK_INPUT, CatLandmarker(EfficientNetLite0("lite0"), LANDMARK_INPUT)
-        model.flip_average = True  # as exported (compared so; the checkpoint holds weights only)
+        model.flip_average = args.mirror  # as exported (compared so; the checkpoint holds weights only)
+    else:
+        size, model = BREED_INPUT, CatBreedClassifier(EfficientNetLite0(args.backbone))
+        model.input_size = size  # (convs_in_order runs a photo of this size)
+        model.flip_average = args.mirror
+        extra = {"backbone": args.backbone}
     model = load_folded(model, args.onnx).eval()
     photos = np.random.default_rng(0).uniform(0, 255, (2, 3, size, size)).astype(np.float32)
     # (noise photos: float sums in another order move boxes by < 0.3 px)
     assert_same_outputs(model, args.onnx, torch.from_numpy(photos), atol=1e-3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "input": size, "folded_from": str(args.onnx)}, args.out)
+    torch.save({"model": model.state_dict(), "input": size, "folded_from": str(args.onnx), **extra}, args.out)
     print(f"wrote {args.out}: matches {args.onnx} (every output within 1e-3)")
 
 

@@ -279,7 +279,7 @@ class CatBreedClassifier(nn.Module):
         embedding = self.dropout(self.embed(pixels))
         return torch.softmax(self.fc(embedding), -1), torch.sigmoid(self.cat(embedding))
 
-    # Set at export: average with the mirrored photo (+0.6 point top-1 on validation).
+    # Set at export where export.MIRROR says (catbreeds 1.x-2.1.0 did; 2.2.0 does not).
     flip_average = False
 
     def forward(self, pixels):
