@@ -70,7 +70,7 @@ def load_checkpoint(kind, path: Path):
     backbone = EfficientNetLite0(state.get("backbone", "lite0"))
     model = kind(backbone, size) if kind is not CatBreedClassifier else kind(backbone)
     model.load_state_dict(state["model"])
-    model.flip_average = MIRROR[NAMES[kind]]
+    model.flip_average = MIRROR[MODEL_NAMES[kind]]
     return model.eval(), size
 
 
