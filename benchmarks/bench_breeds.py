@@ -1,7 +1,8 @@
 """What POST /breeds costs per photo in model time, for two catbreeds files in one run.
 
 A /breeds photo with one cat face runs the detector once and the classifier on two views (the
-face crop and the whole photo; each view mirror-averaged inside the graph). This times exactly
+face crop and the whole photo; a graph that averages with the mirror, as catbreeds 1.0.0-2.1.0 did,
+runs each twice inside). This times exactly
 that, in-process with onnxruntime (2 threads), alternating the two classifiers round by round so
 that both see the same machine, and prints medians and their ratio.
 

@@ -6,7 +6,7 @@ checkpoint is gone.
     python -m training.from_onnx --model catlandmarks --onnx models/catlandmarks.onnx \
         --out runs/landmarks-1.0.0/checkpoint.pt
     python -m training.from_onnx --model catbreeds --onnx models/catbreeds.onnx \
-        --out runs/breeds-2.1.0/checkpoint.pt
+        --out runs/breeds/checkpoint.pt
 
 The exporter folded every BatchNorm into the convolution before it, so the ONNX file holds no
 BN statistics. Each folded convolution gets the folded weight, and its BN becomes "add the folded
@@ -27,7 +27,7 @@ from onnx import numpy_helper
 
 from service.contract import BREED_INPUT, DETECTOR_INPUT, LANDMARK_INPUT
 
-from .export import assert_same_outputs
+from .export import MIRROR, assert_same_outputs
 from .nets import BN_EPS, CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
 
 
@@ -86,22 +86,23 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["catface", "catlandmarks", "catbreeds"], default="catface")
     parser.add_argument("--backbone", default="lite2", help="catbreeds' backbone (lite0 for catbreeds 1.x)")
-    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
-                        help="whether the file averages each input with its mirror (the landmarker and "
-                             "classifier files up to catbreeds 2.1.0 do)")
+    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                        help="whether the file averages each input with its mirror (default: as export.MIRROR "
+                             "says today; catbreeds up to 2.1.0 did: --mirror)")
     parser.add_argument("--onnx", type=Path, default=Path("models/catface.onnx"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    mirror = MIRROR[args.model] if args.mirror is None else args.mirror
     extra = {}
     if args.model == "catface":
         size, model = DETECTOR_INPUT, CatFaceDetector(EfficientNetLite0("lite0"), DETECTOR_INPUT)
     elif args.model == "catlandmarks":
         size, model = LANDMARK_INPUT, CatLandmarker(EfficientNetLite0("lite0"), LANDMARK_INPUT)
-        model.flip_average = args.mirror  # as exported (compared so; the checkpoint holds weights only)
+        model.flip_average = mirror  # as exported (compared so; the checkpoint holds weights only)
     else:
         size, model = BREED_INPUT, CatBreedClassifier(EfficientNetLite0(args.backbone))
         model.input_size = size  # (convs_in_order runs a photo of this size)
-        model.flip_average = args.mirror
+        model.flip_average = mirror
         extra = {"backbone": args.backbone}
     model = load_folded(model, args.onnx).eval()
     photos = np.random.default_rng(0).uniform(0, 255, (2, 3, size, size)).astype(np.float32)

@@ -115,8 +115,8 @@ def measurements(manifest: dict) -> list[str]:
         ms = cost["ms_per_photo_median"]
         lines += [f"`benchmarks/bench_breeds.py` ({cost['date']}; "
                   f"`benchmarks/results/breeds-cost-{cost['date']}.json`): model time of a /breeds photo with "
-                  f"one face {ms['candidate']:.1f} ms, against {ms['baseline']:.1f} ms with the previous "
-                  f"catbreeds ({cost['ratio']:.2f}x).", ""]
+                  f"one face {ms['candidate']:.1f} ms, against {ms['baseline']:.1f} ms with catbreeds 1.0.0, the "
+                  f"breeds issue's baseline ({cost['ratio']:.2f}x).", ""]
     gates = newest("int8-gates-*.json")
     if gates:
         rows = [f"| {g['model']} | {g['metric']} | {g['float']:.4f} | {g['int8']:.4f} | "
@@ -379,7 +379,10 @@ def write_card(results: dict, models_dir: Path) -> None:
         "whole photo when no face is found; 'product rule' = what POST /breeds answers: the one face's crop and the "
         "whole photo averaged when the photo holds exactly one detected face, else the whole photo; `cat` when the "
         f"classifier's cat output is >= {catface_cat_threshold(manifest):g} for the photo or a face's crop. "
-        "Every view is also averaged with its mirror inside the graph. /breeds uses the detector's whole-photo "
+        "Each view is run once: catbreeds 2.2.0 is 2.1.0's weights without the mirror average its graph had "
+        "(on the selection folds, scored as the service cuts rows, 286 of 304 right without it against 283 with "
+        "it, at half the classifier's cost: `benchmarks/results/breeds-mirror-2026-12-04.json`). "
+        "/breeds uses the detector's whole-photo "
         "pass only, not the closer look: on training dog photos the closer look doubled the photos answered `cat` "
         "(4 to 8 of 987).",
         "",
@@ -421,11 +424,14 @@ def write_card(results: dict, models_dir: Path) -> None:
         "  training-split Bengal photos show a plain tabby, grey or orange cat without a Bengal's spots or",
         "  rosettes, and so do 4 of the 6 validation Bengal photos catbreeds 2.0.0 missed (Bengal_139, 143,",
         "  146, 171; the other two hold two cats each). The labels were used as they are.",
-        "- The line between the two spotted breeds moves from run to run: catbreeds 2.1.0 misses 4 of the 21",
-        "  validation Egyptian Mau photos, looked at as pictures 3 of them bronze or gold spotted cats it calls",
-        "  Bengal (Egyptian_Mau_117, 170, a tall large-spotted cat more like a Savannah, and 179) and one a",
-        "  silver Mau lying far off, whose face /breeds' one look did not find (Egyptian_Mau_101); catbreeds",
-        "  2.0.0 called 3 Bengals Mau.",
+        "- The line between the two spotted breeds moves from run to run, and with the mirror average: catbreeds",
+        "  2.1.0 missed 4 of the 21 validation Egyptian Mau photos, looked at as pictures 3 of them bronze or gold",
+        "  spotted cats it called Bengal (Egyptian_Mau_117, 170, a tall large-spotted cat more like a Savannah,",
+        "  and 179) and one a silver Mau lying far off, whose face /breeds' one look did not find",
+        "  (Egyptian_Mau_101). 2.2.0 (the same weights, no mirror average) gets 117 and 179 right, by a few",
+        "  points each, and misses 3 of the 16 Bengals: Bengal_171 (a plain-looking cat, see above), Bengal_105",
+        "  (two Bengals on an exercise wheel, faces turned away: no face found, an unsure Birman 0.23) and",
+        "  Bengal_175 (two spotted cats, so the whole photo alone: Egyptian Mau 0.43 against Bengal 0.42).",
         f"- Weakest breed on validation: {weakest} (recall {rule[weakest]:.2f}); see the confusion matrix.",
         "- No rule or threshold was chosen on this validation split: the product rule is the one the previous",
         "  classifier shipped with, the cat threshold is even odds set beforehand, training ran a fixed number",

@@ -35,7 +35,7 @@ def fold_model(run: Path) -> CatBreedClassifier:
     checkpoint = torch.load(run / "checkpoint.pt", map_location="cpu")
     model = CatBreedClassifier(EfficientNetLite0(checkpoint["backbone"]))
     model.load_state_dict(checkpoint["model"])
-    model.flip_average = True  # as exported
+    model.flip_average = True  # as 2.1.0 was exported (what this study measured; 2.2.0: export.MIRROR)
     return model.eval()
 
 
