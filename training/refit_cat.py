@@ -11,9 +11,9 @@ network, so every breed probability is unchanged, and fits that one unit again o
 only, each seen as the service sees it (KINDS): whole; cut around the detector's best box from
 HARD_NEGATIVE_SCORE up (far under the served threshold, so dogs get their face-like crops); and that
 crop with the photo shrunk so the box is a small face (20-60 px, as the closer looks find faces far
-away); each view with its mirror, as catbreeds 2.1.0's graph averaged them (2.2.0's does not). Cats: the Oxford and extra breed
-photos and Crawford's; not cats: the dog photos. The fitted bias is then raised, if needed, until
-every kind of cat view of the fit part is called a cat as often as by the old unit.
+away); each view with its mirror, as catbreeds 2.1.0's graph averaged them (2.2.0's does not).
+Cats: the Oxford and extra breed photos and Crawford's; not cats: the dog photos. The fitted bias
+is then raised, if needed, until every kind of cat view of the fit part is called a cat as often as by the old unit.
 
 CHECK_PERCENT of the photos (by name hash) are left out of the fit; the unit before and after is
 compared on them, view by view and as /detect and /breeds answer (mosaics of small faces too), in
