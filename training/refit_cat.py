@@ -75,9 +75,10 @@ def served_views(low: CatFace, image: Image.Image, rng) -> list[np.ndarray]:
 
 
 def embed(session: ort.InferenceSession, name: str, rows: np.ndarray) -> np.ndarray:
-    """(V, 3, H, W) views -> (V, 2, D) embeddings: each view's and its mirror's."""
+    """(V, 3, H, W) views -> (V, M, D) embeddings: each view's, and its mirror's where the graph
+    averages with the mirror (M = 2, catbreeds up to 2.1.0; else M = 1)."""
     (x,) = session.run([name], {"image": rows.astype(np.float32)})
-    return np.stack([x[: len(rows)], x[len(rows):]], axis=1)
+    return x.reshape(len(x) // len(rows), len(rows), -1).transpose(1, 0, 2)
 
 
 def embeddings(low: CatFace, session, name, photos: list[tuple[Path, bool]], rng) -> dict[str, np.ndarray]:
@@ -122,7 +123,7 @@ def fit_unit(x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: np.ndarray) -> tu
 
 
 def cat_probability(pairs: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """What the graph's `cat` output answers for each view: its and its mirror's sigmoid, averaged."""
+    """What the graph's `cat` output answers for each view: its sigmoid (and its mirror's, averaged)."""
     logits = pairs @ w.reshape(-1) + b.reshape(-1)
     return (1 / (1 + np.exp(-logits))).mean(axis=1)
 
@@ -200,7 +201,7 @@ def main(argv=None):
     init = {i.name: i for i in model.graph.initializer}
     w0, b0 = numpy_helper.to_array(init["cat.weight"]), numpy_helper.to_array(init["cat.bias"])
     fit = ~checked
-    w, b = fit_unit(pairs[fit].reshape(-1, pairs.shape[-1]), np.repeat(is_cat[fit], 2), w0, b0)
+    w, b = fit_unit(pairs[fit].reshape(-1, pairs.shape[-1]), np.repeat(is_cat[fit], pairs.shape[1]), w0, b0)
     threshold = catface.cat_threshold
     cats_fit = fit & is_cat
     fitted_bias = float(b.reshape(-1)[0])
