@@ -4,6 +4,8 @@ benchmarks/results/). One onnxruntime thread per model: the CI machine is small 
 from __future__ import annotations
 
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 from benchmarks import harness, overload, soak
 
@@ -14,9 +16,18 @@ def _failed(report: dict) -> str:
     return json.dumps(shown, indent=1)
 
 
+def in_own_process(run, **kwargs) -> dict:
+    """A benchmark's run (its load generator; the server is a process of its own anyway) in a fresh
+    process, as the long runs are, not in a test process holding everything the suite loaded before.
+    In-process, the overload test failed in 2 of 3 full suite runs (refusals p99 0.88-0.94 s, against
+    about 0.12 s) and in none of 9 runs alone; the cause was not pinned down further."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run, **kwargs).result()
+
+
 def test_overload_is_refused_fast_and_the_service_recovers(tmp_path):
-    report = overload.run(seconds=8, factor=4, threads=1, probe_seconds=3, baseline_seconds=4,
-                          recovery_seconds=5, idle_seconds=2, cats=12, dogs=4, log_path=tmp_path / "server.log")
+    report = in_own_process(overload.run, seconds=8, factor=4, threads=1, probe_seconds=3, baseline_seconds=4,
+                            recovery_seconds=5, idle_seconds=2, cats=12, dogs=4, log_path=tmp_path / "server.log")
     assert report["passed"], _failed(report)
     assert report["overload"]["refused"] > report["overload"]["accepted"], "4x the capacity was offered"
 
@@ -33,6 +44,6 @@ def test_recovery_counts_a_backlog_and_errors_not_a_lone_slow_answer():
 
 
 def test_soak_of_mixed_uploads_has_no_5xx_and_no_memory_creep(tmp_path):
-    report = soak.run(seconds=25, threads=1, log_path=tmp_path / "server.log")
+    report = in_own_process(soak.run, seconds=25, threads=1, log_path=tmp_path / "server.log")
     assert report["passed"], _failed(report)
     assert report["by_status"].get("200", 0) > 100 and len(report["by_kind"]) >= 20
