@@ -153,7 +153,7 @@ def test_landmarker_rebuilt_from_onnx_fine_tunes_with_its_batch_norms_frozen(tmp
     assert not all(torch.equal(before[k], after[k]) for k in before)  # it did train
 
 
-def test_classifier_rebuilt_from_onnx_exports_as_the_shipped_file(tmp_path):
+def test_classifier_rebuilt_from_onnx_exports_as_the_shipped_file(catface, tmp_path):
     """catbreeds' training checkpoint is gone: training.from_onnx rebuilds it from the shipped ONNX
     file, and training.export writes from that a file that answers as the shipped one on real
     photos (the README's way to re-export it, mirror average or not as export.MIRROR says)."""
@@ -165,14 +165,13 @@ def test_classifier_rebuilt_from_onnx_exports_as_the_shipped_file(tmp_path):
     from_onnx.main(["--model", "catbreeds", "--onnx", str(MODELS / "catbreeds.onnx"),
                     "--out", str(runs / "breeds" / "checkpoint.pt")])
     export.main(["--runs", str(runs), "--out", str(out), "--only", "catbreeds"])
-    pipeline = load(MODELS, threads=1)
-    rows = np.concatenate([pipeline.breed_inputs(photo(name), []) for name in CATS]).astype(np.float32)
+    rows = np.concatenate([catface.breed_inputs(photo(name), []) for name in CATS]).astype(np.float32)
     shipped, rebuilt = (ort.InferenceSession(str(folder / "catbreeds.onnx"), providers=["CPUExecutionProvider"])
                         for folder in (MODELS, out))
     for got, want in zip(rebuilt.run(None, {"image": rows}), shipped.run(None, {"image": rows})):
         np.testing.assert_allclose(got, want, atol=1e-4)
     entry = json.loads((out / "manifest.json").read_text())["models"][0]
-    assert entry["version"] == export.VERSIONS["catbreeds"] == pipeline.classifier.entry["version"]
+    assert entry["version"] == export.VERSIONS["catbreeds"] == catface.classifier.entry["version"]
 
 
 def test_detector_select_holds_out_the_selection_part_breeds_use():

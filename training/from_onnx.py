@@ -54,7 +54,7 @@ def batch_norm_after(model: nn.Module) -> dict[nn.Conv2d, nn.BatchNorm2d]:
     return pairs
 
 
-def load_folded(model: nn.Module, path: Path) -> nn.Module:
+def load_folded(model: nn.Module, path: Path, size: int) -> nn.Module:
     graph = onnx.load(path).graph
     weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
     named = dict(model.named_parameters())
@@ -62,7 +62,7 @@ def load_folded(model: nn.Module, path: Path) -> nn.Module:
     # Identity node: only the convolutions reading the stored weights count)
     folded_nodes = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in weights and n.input[1] not in named]
     bn = batch_norm_after(model)
-    folded_convs = [c for c in convs_in_order(model, model.input_size) if c in bn]
+    folded_convs = [c for c in convs_in_order(model, size) if c in bn]
     if len(folded_nodes) != len(folded_convs):
         raise ValueError(f"{len(folded_nodes)} folded convolutions in {path}, {len(folded_convs)} in the net")
     with torch.no_grad():
@@ -101,10 +101,9 @@ def main(argv=None):
         model.flip_average = mirror  # as exported (compared so; the checkpoint holds weights only)
     else:
         size, model = BREED_INPUT, CatBreedClassifier(EfficientNetLite0(args.backbone))
-        model.input_size = size  # (convs_in_order runs a photo of this size)
         model.flip_average = mirror
         extra = {"backbone": args.backbone}
-    model = load_folded(model, args.onnx).eval()
+    model = load_folded(model, args.onnx, size).eval()
     photos = np.random.default_rng(0).uniform(0, 255, (2, 3, size, size)).astype(np.float32)
     # (noise photos: float sums in another order move boxes by < 0.3 px)
     assert_same_outputs(model, args.onnx, torch.from_numpy(photos), atol=1e-3)
