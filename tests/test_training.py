@@ -298,3 +298,13 @@ def test_fold_product_rule_is_the_services_at_the_shipped_weight():
     np.testing.assert_allclose(both[0], CatFace.photo_probabilities(np.stack([face[0], whole[0]])))
     np.testing.assert_allclose(both[1], whole[1])
     np.testing.assert_allclose(product_rule(whole, face, 0.0)[0], whole[0])
+
+
+def test_landmark_selection_faces_are_in_no_split():
+    """select_landmarks compares networks on Crawford faces outside the training and validation
+    splits (the cleaning list's removed photos), each with its 9 points."""
+    from training import data, select_landmarks
+
+    faces = select_landmarks.held_out_faces(DATA / "crawford")
+    assert faces and not {f.path for f in faces} & {p.path for p in data.crawford(DATA / "crawford")}
+    assert all(f.landmarks[0].shape == (9, 2) for f in faces)
