@@ -51,19 +51,24 @@ def main():
     for name, zoom, from_px in CANDIDATES:
         catface.zoom = {**shipped, **zoom}
         service.pipeline.zoom_grid = graded(from_px) if from_px else zoom_grid
-        # rows past each photo's one whole-photo row
-        with counting_rows(catface) as rows:
-            table = detection_table(name, cats, dogs, served)
-        row = {"name": name, **{k: table[k] for k in ("recall_iou50", "precision_iou50", "false_faces_per_dog_photo",
-                                                       "photos_with_two_boxes_on_one_face")}}
-        row["cat_dog_extra_rows"] = rows[0] - len(cats) - len(dogs)
-        with counting_rows(catface) as rows:
-            faces = np.array([len(served(Image.open(p).convert("RGB"))) for p, _ in oxford])
-        row["oxford_extra_rows_per_photo"] = (rows[0] - len(oxford)) / len(oxford)
-        row["oxford_with_a_face"] = float(np.mean(faces > 0))
-        row["oxford_with_several_faces"] = int((faces > 1).sum())
-        row["small_faces_recall"] = small_faces_recall(cats, dogs, served)["recall_iou50"]
-        print(json.dumps(row), flush=True)
+        print(json.dumps(measure(catface, name, cats, dogs, oxford, served)), flush=True)
+
+
+def measure(catface, name: str, cats, dogs, oxford, served) -> dict:
+    """/detect's lines on select_zoom's training photos (as select_zoom prints them) and the
+    detector rows run past each photo's one whole-photo row."""
+    with counting_rows(catface) as rows:
+        table = detection_table(name, cats, dogs, served)
+    row = {"name": name, **{k: table[k] for k in ("recall_iou50", "precision_iou50", "false_faces_per_dog_photo",
+                                                   "photos_with_two_boxes_on_one_face")}}
+    row["cat_dog_extra_rows"] = rows[0] - len(cats) - len(dogs)
+    with counting_rows(catface) as rows:
+        faces = np.array([len(served(Image.open(p).convert("RGB"))) for p, _ in oxford])
+    row["oxford_extra_rows_per_photo"] = (rows[0] - len(oxford)) / len(oxford)
+    row["oxford_with_a_face"] = float(np.mean(faces > 0))
+    row["oxford_with_several_faces"] = int((faces > 1).sum())
+    row["small_faces_recall"] = small_faces_recall(cats, dogs, served)["recall_iou50"]
+    return row
 
 
 if __name__ == "__main__":

@@ -1,0 +1,138 @@
+"""Closer looks at smaller detector inputs: what they save and what they lose (issue 12's cost).
+
+The detector is fully convolutional, so its weights run at any input side that its strides divide
+(only the anchor grids change: nets.CatFaceDetector.set_input_size). This study exports the
+shipped float catface at smaller sides and runs the small-face tiles and the candidate windows at
+them, the whole-photo look staying the served int8 file at 256:
+
+1. each side's detector time per row (the service's session options, batch 1 and 9);
+2. per candidate (tile side, window side), /detect's lines on select_zoom's TRAINING photos
+   (zoom_cost.measure);
+3. with --baseline, issue 12's cost line (bench_models.against_baseline) on the same 8 photos.
+
+    python benchmarks/zoom_sizes.py --baseline runs/models-v1/models
+
+The tiles' edge margin stays edge_px at 256 (2 px), a little narrower at a smaller side.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.bench_models import against_baseline, median_ms  # noqa: E402
+from benchmarks.zoom_cost import measure  # noqa: E402
+from service.contract import DETECTOR_INPUT  # noqa: E402
+from service.pipeline import CatFace, load, model_row  # noqa: E402
+from service.runtime import OnnxModel, load_models  # noqa: E402
+from training.evaluate import boxes_found  # noqa: E402
+from training.export import export_onnx  # noqa: E402
+from training.from_onnx import load_folded  # noqa: E402
+from training.nets import CatFaceDetector, EfficientNetLite0  # noqa: E402
+from training.select_zoom import photo_sets  # noqa: E402
+
+SIDES = (128, 160, 192)
+CANDIDATES = [(256, 256), (160, 128), (192, 128), (160, 256), (192, 256), (256, 192)]  # (tiles, windows)
+
+
+def detectors_at(models: Path, sides, threads: int, out: Path) -> dict[int, OnnxModel]:
+    """The shipped float catface exported at each side, as OnnxModels."""
+    served = load_models(models, threads)["catface"]
+    entry = {**served.entry, **served.entry.get("float_reference", {})}
+    net = load_folded(CatFaceDetector(EfficientNetLite0("lite0"), DETECTOR_INPUT), models / entry["file"],
+                      DETECTOR_INPUT).eval()
+    sessions = {}
+    for side in sides:
+        net.set_input_size(side)
+        export_onnx(net, side, ["scores", "boxes"], out / f"catface-{side}.onnx")
+        shape = [1, 3, side, side]
+        sessions[side] = OnnxModel({**entry, "inputs": [{**entry["inputs"][0], "shape": shape}]},
+                                   out / f"catface-{side}.onnx", threads)
+    return sessions
+
+
+class SidedDetector:
+    """The served detector for 256-px rows, the exported ones for the others."""
+
+    def __init__(self, served: OnnxModel, others: dict[int, OnnxModel]):
+        self.served, self.others = served, others
+        self.entry, self.input_size, self.name = served.entry, served.input_size, served.name
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        side = batch.shape[-1]
+        return self.served.run(batch) if side == self.input_size[1] else self.others[side].run(batch)
+
+
+class SizedLooks(CatFace):
+    """CatFace whose small-face tiles and candidate windows run at their own input sides."""
+
+    def __init__(self, models, others: dict[int, OnnxModel], tiles: int, windows: int):
+        super().__init__(models)
+        self.detector = SidedDetector(models["catface"], others)
+        self.sides, self._next = {"tiles": tiles, "windows": windows}, DETECTOR_INPUT
+
+    def zoom_windows(self, faces, image):
+        self._next = self.sides["tiles"]
+        return super().zoom_windows(faces, image)
+
+    def candidate_windows(self, candidates, faces, image):
+        self._next = self.sides["windows"]
+        return super().candidate_windows(candidates, faces, image)
+
+    def tile_inputs(self, image: Image.Image, windows: np.ndarray) -> np.ndarray:
+        w, h, side = *image.size, self._next
+        return np.stack([model_row(image.crop(tuple(np.round(win * [w, h, w, h]).astype(int))), (side, side))
+                         for win in windows])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data")
+    parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "models")
+    parser.add_argument("--baseline", type=Path, default=None, help="a models folder for issue 12's cost line")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    report = {"date": datetime.date.today().isoformat(), "threads": args.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        others = detectors_at(args.models, SIDES, args.threads, Path(tmp))
+        served = load(args.models, args.threads)
+        timing = {}
+        for side, model in [(DETECTOR_INPUT, served.detector), *others.items()]:
+            one = np.random.default_rng(0).uniform(0, 255, (1, 3, side, side)).astype(np.float32)
+            nine = np.repeat(one, 9, 0)
+            timing[str(side)] = {"weights": model.entry["weights"] if side == DETECTOR_INPUT else "float32",
+                                 "batch1_ms": round(median_ms(lambda m=model, x=one: m.run(x), args.repeats), 2),
+                                 "batch9_ms_per_row": round(
+                                     median_ms(lambda m=model, x=nine: m.run(x), args.repeats // 3) / 9, 2)}
+            print(side, timing[str(side)], flush=True)
+        report["row_ms"] = timing
+        cats, dogs, oxford = photo_sets(args.data)
+        paths = sorted(glob.glob(str(args.data / "crawford" / "CAT_01" / "*.jpg")))[:8]
+        photos = [Image.open(p).convert("RGB").resize((640, 480), Image.BILINEAR) for p in paths]
+        baseline = load(args.baseline, args.threads) if args.baseline else None
+        rows = []
+        for tiles, windows in CANDIDATES:
+            catface = SizedLooks(served.models, others, tiles, windows)
+            row = {"tiles": tiles, "windows": windows,
+                   **measure(catface, f"{tiles}/{windows}", cats, dogs, oxford, boxes_found(catface))}
+            if baseline:
+                row["cost"] = against_baseline(catface, baseline, photos, args.repeats)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        report["candidates"] = rows
+    out = Path(__file__).resolve().parent / "results" / f"zoom-sizes-{report['date']}.json"
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
