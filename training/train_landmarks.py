@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,8 +35,11 @@ FROZEN_BLOCKS = 3
 ANY_ANGLE_P = 0.25
 
 
-def jittered_crop(image: Image.Image, points: np.ndarray, rng, any_angle: float) -> tuple[np.ndarray, np.ndarray]:
+def jittered_crop(image: Image.Image, points: np.ndarray, rng, any_angle: float, detected: np.ndarray | None = None,
+                  detected_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     box = data.landmark_box(points, math.inf, math.inf)  # unclamped: the face's true extent
+    if detected_share and detected is not None and rng.random() < detected_share:  # 0 draws nothing
+        box = detected
     side = max(box[2] - box[0], box[3] - box[1])
     shift = rng.normal(0, 0.06, 2) * side
     scale = math.exp(rng.normal(0, 0.1))
@@ -64,11 +68,31 @@ def nme(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.linalg.norm(pred - truth, axis=2).mean(1) / np.maximum(iod, 1e-6)
 
 
+def detected_boxes(train, models: Path, threads: int) -> list[np.ndarray | None]:
+    """The box /detect finds on each training face (the served detector with its closer looks),
+    None where it finds none there: the crops the product cuts, which jitter around the true box
+    only imitates."""
+    from service.pipeline import load
+
+    from .evaluate import match
+
+    catface = load(models, threads)
+    boxes: list[np.ndarray | None] = []
+    for image, points in train:
+        found = catface.detect([image], breeds=False)[0]
+        j = match([data.landmark_box(points, image.width, image.height)], [f.box for f in found])[0]
+        boxes.append(None if j is None else found[j].box)
+    return boxes
+
+
 def main(argv=None):
     parser = loop.arguments(__doc__, out="runs/landmarks", epochs=EPOCHS)
     parser.add_argument("--any-angle", type=float, default=ANY_ANGLE_P, help="share of crops rolled by any angle")
     parser.add_argument("--freeze-bn", action="store_true",
                         help="BatchNorm keeps its statistics (a net rebuilt from ONNX by training.from_onnx)")
+    parser.add_argument("--detected-share", type=float, default=0.0,
+                        help="share of crops cut around the served detector's box instead of the true one")
+    parser.add_argument("--models", type=Path, default=Path("models"), help="the detector for --detected-share")
     args = parser.parse_args(argv)
     rng = loop.start(args)
 
@@ -78,7 +102,9 @@ def main(argv=None):
            for p in photos if p.split == "val"][: args.limit]
     val_x = torch.from_numpy(np.stack([v[0] for v in val]))
     val_y = np.stack([v[1] for v in val])
-    print(f"train: {len(train)} faces, val: {len(val)} faces", flush=True)
+    boxes = detected_boxes(train, args.models, args.threads) if args.detected_share else [None] * len(train)
+    print(f"train: {len(train)} faces ({sum(b is not None for b in boxes)} with a detected box), "
+          f"val: {len(val)} faces", flush=True)
 
     model = loop.initialised(CatLandmarker(pretrained_backbone(), INPUT), args.init)
     optimiser, frozen = loop.fine_tuning(model, FROZEN_BLOCKS, LR_HEAD * args.lr_scale, LR_BACKBONE * args.lr_scale)
@@ -93,7 +119,8 @@ def main(argv=None):
             order = rng.permutation(len(train))
             for b in range(steps_per_epoch):
                 schedule.set(step)
-                batch = [jittered_crop(*train[i], rng, args.any_angle) for i in order[b * BATCH : (b + 1) * BATCH]]
+                batch = [jittered_crop(*train[i], rng, args.any_angle, boxes[i], args.detected_share)
+                         for i in order[b * BATCH : (b + 1) * BATCH]]
                 x = torch.from_numpy(np.stack([s[0] for s in batch]))
                 y = torch.from_numpy(np.stack([s[1] for s in batch]).reshape(len(batch), 18).astype(np.float32))
                 # L1 per face divided by its inter-ocular distance, like the NME we are judged by:
