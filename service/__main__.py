@@ -77,7 +77,7 @@ FILES_BESIDE_CONNECTIONS = 256  # descriptors the process needs besides its conn
 def connections_that_fit(wanted: int) -> int:
     """Raise the soft limit of open files to the hard one (containers often start at a soft 1024)
     and return how many of `wanted` connections fit under it: past that, accept() would fail with
-    EMFILE and stall every client, instead of the clean 503 of max_connections."""
+    EMFILE and stall every client, instead of meeting max_connections (service/http11.py)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         target = wanted + FILES_BESIDE_CONNECTIONS if hard == resource.RLIM_INFINITY else hard

@@ -11,13 +11,18 @@ head must arrive within `head_timeout_s` of the connection's start or of the pre
 (CATFACE_HEAD_TIMEOUT_S); the body has its own limits (service/uploads.py).
 
 Within that deadline a flood of connections still costs ~21 KB each (a 15 KB partial head: 8000
-of them took 170 MB), so past `max_connections` open at once (CATFACE_MAX_CONNECTIONS) a new one
-is answered 503 problem+json at once and closed after a short linger, reading nothing.
+of them took 170 MB), so at most `max_connections` stay open (CATFACE_MAX_CONNECTIONS). A new one
+past it makes room: the connection that has waited longest for a request head (a flood's silent or
+trickling socket, or an idle keep-alive one) is closed, with a 503 problem+json if part of a head
+had come. An honest client sends its head at once, so a flood of held connections cannot starve it.
+Only when every open connection has a request in flight is the new one answered 503 problem+json
+at once and closed after a short linger, reading nothing.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 
 import h11
@@ -46,6 +51,8 @@ class ProblemH11Protocol(H11Protocol):
     max_connections: int
     retry_after_s: int
     refused: Callable[[str], None]  # counts a refusal by its problem slug (catface_rejections_total)
+    # This server's connections waiting for a request head, longest-waiting first (set by limited()).
+    waiting: OrderedDict[ProblemH11Protocol, None]
     _head_timer: asyncio.TimerHandle | None = None
     _head_started = False  # bytes of the awaited head have arrived
     _refused = False  # over max_connections: answered 503, lingering
@@ -55,7 +62,8 @@ class ProblemH11Protocol(H11Protocol):
                 refused: Callable[[str], None]) -> type[ProblemH11Protocol]:
         """This protocol with the service's limits (uvicorn builds one protocol per connection)."""
         return type(cls.__name__, (cls,), {"head_timeout_s": head_timeout_s, "max_connections": max_connections,
-                                           "retry_after_s": retry_after_s, "refused": staticmethod(refused)})
+                                           "retry_after_s": retry_after_s, "refused": staticmethod(refused),
+                                           "waiting": OrderedDict()})
 
     def send_400_response(self, msg: str) -> None:
         body = problem_body(400, "Bad Request", "malformed-http", msg)
@@ -69,10 +77,28 @@ class ProblemH11Protocol(H11Protocol):
     # ---- the head's deadline ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
+        if len(self.connections) > self.max_connections and not self._make_room():
             self._refuse()
         else:
             self._await_head()
+
+    def _make_room(self) -> bool:
+        """Close the connection that has waited longest for a request head, if there is one."""
+        if not self.waiting:
+            return False
+        oldest, _ = self.waiting.popitem(last=False)
+        oldest._give_way()
+        return True
+
+    def _give_way(self) -> None:
+        self._stop_head_timer()
+        self.refused("too-many-connections")
+        if self._head_started:  # a client mid-head hears why; an idle socket is just closed
+            self.transport.write(raw_problem(
+                503, "Service Unavailable", "too-many-connections",
+                f"{self.max_connections} connections are open and this one had not sent its request; "
+                "try again", f"retry-after: {self.retry_after_s}\r\n".encode()))
+        self.transport.close()
 
     def _refuse(self) -> None:
         self._refused = True
@@ -108,14 +134,17 @@ class ProblemH11Protocol(H11Protocol):
         self._stop_head_timer()
         self._head_started = False
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+        self.waiting[self] = None
 
     def _stop_head_timer(self) -> None:
+        self.waiting.pop(self, None)
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        self.waiting.pop(self, None)
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
         self.refused("head-timeout")

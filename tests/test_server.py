@@ -63,8 +63,8 @@ def test_real_server_answers_drains_on_sigterm_and_logs_json(server, cat_bytes):
 
 def test_the_connection_limit_fits_under_the_open_file_limit(monkeypatch):
     """A container that starts at a soft limit of 1024 open files: the service raises it to the
-    hard limit, and where even that is short it lowers max_connections, so that a flood meets a
-    clean 503 rather than accept() failing for every client."""
+    hard limit, and where even that is short it lowers max_connections, so that a flood meets the
+    connection limit (service/http11.py) rather than accept() failing for every client."""
     import resource
 
     from service.__main__ import FILES_BESIDE_CONNECTIONS, connections_that_fit
