@@ -91,7 +91,7 @@ class ProblemH11Protocol(H11Protocol):
         return True
 
     def _give_way(self) -> None:
-        self._stop_head_timer()
+        self._stop_awaiting_head()
         self.refused("too-many-connections")
         if self._head_started:  # a client mid-head hears why; an idle socket is just closed
             self.transport.write(raw_problem(
@@ -119,7 +119,7 @@ class ProblemH11Protocol(H11Protocol):
         if self.conn.their_state is h11.IDLE:
             self._head_started = self._head_started or bool(data)
         else:  # the head arrived (or the connection broke)
-            self._stop_head_timer()
+            self._stop_awaiting_head()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # starts the next cycle, and any pipelined request in it
@@ -127,16 +127,17 @@ class ProblemH11Protocol(H11Protocol):
             self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_timer()
+        self._stop_awaiting_head()
         super().connection_lost(exc)
 
     def _await_head(self) -> None:
-        self._stop_head_timer()
+        self._stop_awaiting_head()
         self._head_started = False
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
         self.waiting[self] = None
 
-    def _stop_head_timer(self) -> None:
+    def _stop_awaiting_head(self) -> None:
+        """The head came (or the connection went): no deadline, and no giving way to a newcomer."""
         self.waiting.pop(self, None)
         if self._head_timer is not None:
             self._head_timer.cancel()
