@@ -111,6 +111,18 @@ def test_large_jpeg_is_decoded_smaller_but_reports_the_original_size():
     assert got.scale[0] == pytest.approx(3584 / got.image.width)
 
 
+def test_progressive_jpeg_memory_counts_each_colour_planes_sampling():
+    """A 20 MP photo that an optimiser saved progressive keeps all its DCT coefficients while it
+    decodes: 57 MiB at the usual 4:2:0 sampling (accepted under 100 MiB), 114 MiB at 4:4:4
+    (refused from the header). Counting every plane at full size refused both."""
+    big = photo(CATS[0]).resize((5000, 4000))
+    limits = {**LIMITS, "max_bytes": 20_000_000, "max_decode_bytes": 100 * 2**20}
+    got = decode(encode(big, "JPEG", quality=85, progressive=True, subsampling=2), **limits)
+    assert (got.width, got.height) == (5000, 4000) and max(got.image.size) < 1800
+    problem = refused(encode(big, "JPEG", quality=85, progressive=True, subsampling=0), **limits)
+    assert problem.status == 413 and "MiB" in problem.detail
+
+
 def test_large_png_is_reduced_after_decoding():
     got = decode(encode(pattern(2400, 1700), "PNG"), **LIMITS)
     assert (got.width, got.height) == (2400, 1700)
