@@ -87,7 +87,8 @@ class ProblemH11Protocol(H11Protocol):
         if not self.waiting:
             return False
         oldest, _ = self.waiting.popitem(last=False)
-        oldest._give_way()
+        if not oldest.transport.is_closing():  # (one already closing is making room by itself)
+            oldest._give_way()
         return True
 
     def _give_way(self) -> None:
