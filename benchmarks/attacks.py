@@ -20,6 +20,10 @@ Attacks (each reproduces a finding of issue 14, or of a later review: slow-heads
                   the connection longest without a request head is closed to make room, so honest
                   clients get in; until 2026-12-04 the newcomer got the 503 instead, honest ones too)
   pixel-bomb      8 concurrent RGBA PNGs of 7000x7000 (~200 KB each)
+  webp-pixels     8 concurrent 24 MP WebPs of a cat photo (~200 KB each; Pillow's WebP decoder fills ~16
+                  bytes a pixel: one took the server from 283 to 660 MiB, two at once past 1 GiB)
+  big-heics       8 concurrent 24 MP HEICs of a cat photo (an iPhone's size; ~220 MiB each to decode):
+                  honest, served one decode at a time inside the decode budget
   annotate-bomb   16 concurrent tiny truncated JPEGs declaring 7000x7000, to /annotate
   thin-annotate   a PNG of 16x3,000,000 to /annotate
   big-uploads     4 concurrent 19 MB uploads (bodies must not go to the 64 MiB /tmp)
@@ -56,7 +60,7 @@ from service.__main__ import connections_that_fit
 
 ATTACK_ANSWER_S = 5.0   # an attack is refused within this of its last byte
 # honest clients must be served meanwhile
-PROBED = {"decode-bomb", "slow-upload", "slow-heads", "connection-flood", "pixel-bomb"}
+PROBED = {"decode-bomb", "slow-upload", "slow-heads", "connection-flood", "pixel-bomb", "webp-pixels", "big-heics"}
 PROBE_SHARE = 0.9       # honest probes answered 200 within the deadline
 PROBE_DEADLINE_S = 10.0  # the service's request deadline
 RESULTS = REPO / "benchmarks" / "results"
@@ -88,6 +92,14 @@ def _png(width: int, height: int, bit_depth: int, color_type: int, row_bytes: in
 
 def pixel_bomb(side: int = 7000) -> bytes:
     return _png(side, side, 8, 6, side * 4)  # RGBA: 196 MB of pixels in ~200 KB
+
+
+def large_photo(photo: bytes, fmt: str, width: int, height: int) -> bytes:
+    """A real cat photo enlarged to width x height and saved as `fmt` (WEBP, HEIF): a few hundred
+    KB that the decoder expands to tens of megapixels (WebP's and HEIF's cannot decode smaller)."""
+    out = io.BytesIO()
+    Image.open(io.BytesIO(photo)).convert("RGB").resize((width, height), Image.BICUBIC).save(out, fmt, quality=60)
+    return out.getvalue()
 
 
 def thin_png(width: int = 16, height: int = 3_000_000) -> bytes:
@@ -213,6 +225,12 @@ def attack_jobs(name: str, port: int, photos: list[bytes]):
     if name == "pixel-bomb":
         bomb = pixel_bomb()
         return [post(port, "/detect", bomb, "image/png") for _ in range(8)], True
+    if name == "webp-pixels":
+        webp = large_photo(photos[0], "WEBP", 5712, 4284)
+        return [post(port, "/detect", webp, "image/webp") for _ in range(8)], True
+    if name == "big-heics":
+        heic = large_photo(photos[1], "HEIF", 5712, 4284)
+        return [post(port, "/detect", heic, "image/heic") for _ in range(8)], False
     if name == "annotate-bomb":
         bomb = truncated_jpeg()
         return [post(port, "/annotate", bomb, jpeg) for _ in range(16)], True
@@ -232,8 +250,8 @@ def attack_jobs(name: str, port: int, photos: list[bytes]):
     raise ValueError(f"unknown attack {name!r}")
 
 
-ATTACKS = ["decode-bomb", "slow-upload", "slow-heads", "connection-flood", "pixel-bomb", "annotate-bomb",
-           "thin-annotate", "big-uploads", "burst", "no-cat-burst", "many-faces"]
+ATTACKS = ["decode-bomb", "slow-upload", "slow-heads", "connection-flood", "pixel-bomb", "webp-pixels", "big-heics",
+           "annotate-bomb", "thin-annotate", "big-uploads", "burst", "no-cat-burst", "many-faces"]
 CATS = 8  # the photos are CATS cat photos, then dog photos
 SLOW_HEADS = 1000  # connections trickling a head: each held a file descriptor for ever before the head deadline
 FLOOD = 4000       # connections holding a 15 KB partial head each: twice the shipped max_connections

@@ -133,14 +133,15 @@ async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Aw
         metrics.inflight.inc()
         try:
             deadline = loop.time() + settings.request_timeout_s
-            decode = partial(imaging.decode, data, **settings.decode_limits(keep_original))
+            read_header = partial(imaging.read_header, data, **settings.decode_limits(keep_original))
             try:
                 async with asyncio.timeout_at(deadline):
-                    photo = await loop.run_in_executor(state.pixels, decode)
+                    header = await loop.run_in_executor(state.pixels, read_header)
+                    photo = await state.decode_budget.decode(header, state.pixels)
             except TimeoutError:  # the decode thread finishes on its own: its work is bounded by imaging
                 raise Problem(503, "deadline-exceeded", "the photo was not decoded before the deadline",
                               headers=retry) from None
-            del data, decode
+            del data, read_header, header  # (the header holds the full-size decoded image)
             upload.release()
             return photo, await _unless_gone(request, work(analyzer, photo, deadline), deadline, retry)
         finally:
@@ -317,7 +318,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings, metrics=Metrics(),
         upload_limits=uploads.UploadLimits(settings.max_body_bytes, settings.upload_timeout_s,
                                            settings.min_upload_rate, settings.upload_grace_s),
-        upload_budget=uploads.UploadBudget(settings.max_upload_buffer_bytes))
+        upload_budget=uploads.UploadBudget(settings.max_upload_buffer_bytes),
+        decode_budget=imaging.DecodeBudget(settings.max_decode_bytes))
     app.state.service = state  # the one attribute on Starlette's state: read it with service_state()
     app.add_middleware(RequestContext, metrics=state.metrics)
     # Starlette types a handler as taking any Exception; it calls each one with its own class only.

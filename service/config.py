@@ -48,7 +48,7 @@ class Settings:
     max_connections: int = 2048
     # Decoding: refused from the header, before any pixel work, when it would cost too much.
     max_pixels: int = 50_000_000    # width x height of the stored image (decompression bombs)
-    max_decode_bytes: int = 100 * 1024 * 1024  # memory the decoder would fill for one image (413)
+    max_decode_bytes: int = 224 * 1024 * 1024  # memory all decodes at once may fill (one over it: 413)
     max_jpeg_scan_work: int = 250   # JPEG scans x megapixels (~2 ms of CPU each): scan-repeat bombs (413)
     decode_side: int = 800          # JPEGs are decoded at reduced size, keeping this longer side
     annotate_max_side: int = 2048   # /annotate draws on (and returns) the photo reduced to this longer side

@@ -13,8 +13,9 @@ Rules, in the order they are applied:
   a pass over the whole image: a 300 KB progressive JPEG repeating its last scan 1,500 times took
   a minute) at most `max_scan_work`. Less than MIN_SIDE on a side, or a longer side over
   MAX_ASPECT times the shorter, is refused (422). Pillow's own pixel limit is the same number and
-  its warning an error (`configure`). So one decode costs at most ~0.5 s of CPU and 100 MiB, and
-  the image thread pool bounds how many run at once.
+  its warning an error (`configure`). So one decode costs at most ~0.7 s of CPU; the image thread
+  pool bounds how many run at once, and a DecodeBudget the memory they fill together (the same
+  max_decode_bytes: the estimates are decoders' measured peaks, WebP's 16 bytes a pixel among them).
 - A JPEG much larger than the models need is decoded at 1/2, 1/4 or 1/8 scale by libjpeg
   (`draft`), keeping at least `decode_side` pixels on the longer side; other formats are
   box-reduced right after decoding, before conversion or rotation (HEIC/AVIF too: their codecs
@@ -30,10 +31,13 @@ Rules, in the order they are applied:
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import warnings
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pillow_heif
@@ -139,16 +143,29 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4
             8: Image.Transpose.ROTATE_90}
 
 
+# Peak memory of Pillow's decoder (and the reduction after it) per pixel, measured on 12 MP photos
+# in a fresh process (2026-12-04, Pillow 11): WebP 16.5 (its animation decoder keeps an RGBA canvas
+# and copies), AVIF 9.7 (RGBA 12.3), HEIF 7.8 (RGBA 8.8), PNG about twice the stored bytes (L 1.3,
+# RGB 4.2, RGBA 8.3). tests/test_imaging.py checks each estimate against a measured decode.
+PEAK_BYTES_PER_PIXEL = {"WEBP": 17.0, "AVIF": 13.0, "HEIF": 9.5}
+PEAK_PER_STORED_BYTE = 2.2  # the other formats (PNG): per byte of the decoded image
+PEAK_PER_COEFFICIENT_BYTE = 1.15  # progressive JPEG: libjpeg's buffers beside the coefficients (measured +10%)
+
+
 def decode_bytes(image: Image.Image, full_size: tuple[int, int]) -> int:
-    """Memory the decoder fills for this (possibly drafted) image, estimated from its header.
-    Progressive JPEG keeps every DCT coefficient of the full-size image (2 bytes each) whatever
-    the draft; other formats decode whole, and modes that cannot be reduced as they are get
-    converted at full size first (4 more bytes a pixel)."""
+    """Memory the decoder fills for this (possibly drafted) image at its peak, estimated from its
+    header. A JPEG decodes (drafted) into its stored size, plus, when progressive, every DCT
+    coefficient of the full-size image (2 bytes each, and libjpeg's buffers) whatever the draft;
+    the other formats decode whole, at their measured peak; modes that cannot be reduced as they
+    are get converted at full size first (4 more bytes a pixel)."""
     w, h = image.size
     stored = w * h * len(image.getbands()) * _BYTES_PER_BAND.get(image.mode, 1)
     if image.format == "JPEG":
-        return stored + (2 * jpeg_coefficients(image, full_size) if image.info.get("progressive") else 0)
-    return stored + (0 if image.mode in _REDUCIBLE else w * h * 4)
+        progressive = image.info.get("progressive")
+        return stored + (int(2 * PEAK_PER_COEFFICIENT_BYTE * jpeg_coefficients(image, full_size)) if progressive else 0)
+    peak = int(w * h * PEAK_BYTES_PER_PIXEL[image.format]) if image.format in PEAK_BYTES_PER_PIXEL \
+        else int(stored * PEAK_PER_STORED_BYTE)
+    return peak + (0 if image.mode in _REDUCIBLE else w * h * 4)
 
 
 def jpeg_coefficients(image: Image.Image, full_size: tuple[int, int]) -> int:
@@ -167,13 +184,57 @@ def jpeg_coefficients(image: Image.Image, full_size: tuple[int, int]) -> int:
     return total
 
 
-def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 800,
-           keep_original: bool = False, original_side: int = 2048,
-           max_decode_bytes: int = 100 * 1024 * 1024, max_scan_work: int = 250) -> Photo:
-    """Bytes -> Photo, refusing from the header whatever would cost too much to decode: more
-    pixels than max_pixels, more memory than max_decode_bytes, or (JPEG) more scans x megapixels
-    than max_scan_work. With keep_original, Photo.original is the upright photo reduced to at
-    most original_side on its longer side (what /annotate draws on)."""
+@dataclass
+class Header:
+    """An image whose header passed every check, its pixels not decoded yet (decode_pixels)."""
+    image: Image.Image
+    width: int
+    height: int
+    needed: int  # bytes its decoding fills at the peak (decode_bytes): what a DecodeBudget reserves
+    side: int    # decode_side, or original_side with keep_original
+    decode_side: int
+    keep_original: bool
+    max_pixels: int
+
+
+class DecodeBudget:
+    """Bytes the decodes in progress may fill together (each its Header.needed), so that several
+    large photos at once stay inside the container's memory: a decode waits for room (its
+    request's deadline bounds the wait), and gives the bytes back when its thread is done, even
+    after its request gave up, since until then the memory is in use. One decode larger than the
+    whole budget was already refused (read_header's max_decode_bytes is the same number)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.used = 0
+
+    async def decode(self, header: Header, pool: Executor | None) -> Photo:
+        while self.used and self.used + header.needed > self.capacity:
+            await asyncio.sleep(0.005)
+        self.used += header.needed
+        running = asyncio.get_running_loop().run_in_executor(pool, decode_pixels, header)
+        running.add_done_callback(partial(self._give, header.needed))
+        return await asyncio.shield(running)
+
+    def _give(self, n: int, done: asyncio.Future) -> None:
+        self.used -= n
+        if not done.cancelled():
+            done.exception()  # retrieved here: a request that gave up no longer awaits it
+
+
+def decode(data: bytes, **limits) -> Photo:
+    """Bytes -> Photo (read_header, then decode_pixels), refusing from the header whatever would
+    cost too much to decode."""
+    return decode_pixels(read_header(data, **limits))
+
+
+def read_header(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 800,
+                keep_original: bool = False, original_side: int = 2048,
+                max_decode_bytes: int = 224 * 1024 * 1024, max_scan_work: int = 250) -> Header:
+    """The checks that need only the header: more pixels than max_pixels, more memory than
+    max_decode_bytes, or (JPEG) more scans x megapixels than max_scan_work is a 413. With
+    keep_original, the Photo will also hold the upright photo reduced to at most original_side on
+    its longer side (what /annotate draws on)."""
     if not data:
         raise Problem(422, "empty-image", "the upload is empty")
     if len(data) > max_bytes:
@@ -213,6 +274,13 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: int = 8
     if needed > max_decode_bytes:
         raise _too_large(f"decoding the {width}x{height} {image.format} would take {needed >> 20} MiB; "
                          f"the limit is {max_decode_bytes >> 20} MiB")
+    return Header(image, width, height, needed, side, decode_side, keep_original, max_pixels)
+
+
+def decode_pixels(header: Header) -> Photo:
+    """The pixels of an image whose header passed (read_header): upright, RGB, reduced."""
+    image, width, height, max_pixels = header.image, header.width, header.height, header.max_pixels
+    decode_side, keep_original, original_side = header.decode_side, header.keep_original, header.side
     try:
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

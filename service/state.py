@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from .analysis import Analyzer
 from .config import Settings
+from .imaging import DecodeBudget
 from .metrics import Metrics
 from .uploads import UploadBudget, UploadLimits
 
@@ -23,6 +24,7 @@ class ServiceState:
     metrics: Metrics
     upload_limits: UploadLimits
     upload_budget: UploadBudget
+    decode_budget: DecodeBudget
     ready: bool = False  # models loaded and warmed up
     draining: bool = False  # SIGTERM received: /readyz says 503 while requests are still served
     inflight: int = 0  # analysis requests holding one of the max_inflight slots

@@ -1,6 +1,8 @@
 """Image intake without HTTP: formats, limits, EXIF orientation, reduced decoding, pixel modes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -113,7 +115,7 @@ def test_large_jpeg_is_decoded_smaller_but_reports_the_original_size():
 
 def test_progressive_jpeg_memory_counts_each_colour_planes_sampling():
     """A 20 MP photo that an optimiser saved progressive keeps all its DCT coefficients while it
-    decodes: 57 MiB at the usual 4:2:0 sampling (accepted under 100 MiB), 114 MiB at 4:4:4
+    decodes: 66 MiB at the usual 4:2:0 sampling (accepted under 100 MiB), 131 MiB at 4:4:4
     (refused from the header). Counting every plane at full size refused both."""
     big = photo(CATS[0]).resize((5000, 4000))
     limits = {**LIMITS, "max_bytes": 20_000_000, "max_decode_bytes": 100 * 2**20}
@@ -121,6 +123,41 @@ def test_progressive_jpeg_memory_counts_each_colour_planes_sampling():
     assert (got.width, got.height) == (5000, 4000) and max(got.image.size) < 1800
     problem = refused(encode(big, "JPEG", quality=85, progressive=True, subsampling=0), **limits)
     assert problem.status == 413 and "MiB" in problem.detail
+
+
+PEAK_PROBE = """
+import sys
+from service import imaging
+def status(key):  # this process's memory (VmHWM: its peak; exec started it afresh, unlike ru_maxrss)
+    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(key))) * 1024
+data = open(sys.argv[1], "rb").read()
+header = imaging.read_header(data, max_bytes=10**9, max_pixels=10**9, max_decode_bytes=10**12)
+before = status("VmRSS:")
+imaging.decode_pixels(header)
+print(header.needed, status("VmHWM:") - before)
+"""
+
+
+@pytest.mark.parametrize("fmt,alpha,params", [
+    ("JPEG", False, {"quality": 90, "progressive": True}), ("PNG", False, {}), ("PNG", True, {}),
+    ("WEBP", False, {"quality": 80}), ("WEBP", True, {"quality": 80}), ("AVIF", False, {"quality": 60, "speed": 10}),
+    ("AVIF", True, {"quality": 60, "speed": 10}), ("HEIF", False, {"quality": 60}), ("HEIF", True, {"quality": 60})])
+def test_the_decode_memory_estimate_covers_the_measured_peak(tmp_path, fmt, alpha, params):
+    """What a DecodeBudget reserves for a photo (read_header's estimate) is at least what decoding
+    it takes, measured in a fresh process: the budget keeps several large photos at once inside
+    the container's memory only if it is. (A 24 MP WebP took 378 MiB against an estimate of 70.)"""
+    import subprocess
+    import sys
+
+    picture = photo(CATS[0]).resize((3000, 2000))
+    if alpha:
+        picture.putalpha(200)
+    path = tmp_path / f"photo.{fmt.lower()}"
+    path.write_bytes(encode(picture, fmt, **params))
+    out = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(path)], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout.split()
+    needed, peak = int(out[0]), int(out[1])
+    assert peak <= needed + 4 * 2**20, f"{fmt}: decoding took {peak >> 20} MiB, estimated {needed >> 20} MiB"
 
 
 def test_large_png_is_reduced_after_decoding():
