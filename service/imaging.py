@@ -212,7 +212,11 @@ class DecodeBudget:
         while self.used and self.used + header.needed > self.capacity:
             await asyncio.sleep(0.005)
         self.used += header.needed
-        running = asyncio.get_running_loop().run_in_executor(pool, decode_pixels, header)
+        try:
+            running = asyncio.get_running_loop().run_in_executor(pool, decode_pixels, header)
+        except BaseException:  # (a pool already shut down): nothing runs, nothing to wait for
+            self.used -= header.needed
+            raise
         running.add_done_callback(partial(self._give, header.needed))
         return await asyncio.shield(running)
 

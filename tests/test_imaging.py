@@ -262,3 +262,39 @@ def test_the_415_names_every_accepted_format_and_a_video_is_named():
     problem = refused(video)
     assert problem.status == 415 and "QuickTime video" in problem.detail
     assert all(name in problem.detail for name in ("JPEG", "PNG", "WebP", "AVIF", "HEIC"))
+
+
+def test_decodes_that_do_not_fit_the_budget_together_run_one_after_the_other(monkeypatch):
+    """The decode budget: two photos that each fit it alone but not together are decoded in turn,
+    and their bytes come back once decoded, even when the request gave up while its decode ran."""
+    import asyncio
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service import imaging
+
+    data = encode(pattern(2400, 1600), "PNG")
+    needed = imaging.read_header(data, **LIMITS).needed
+    budget, seen = imaging.DecodeBudget(int(needed * 1.5)), []
+    decode_pixels = imaging.decode_pixels
+
+    def slow_decode(header):
+        seen.append(budget.used)
+        time.sleep(0.2)
+        return decode_pixels(header)
+
+    monkeypatch.setattr(imaging, "decode_pixels", slow_decode)
+
+    async def both():
+        with ThreadPoolExecutor(2) as pool:
+            photos = await asyncio.gather(*(budget.decode(imaging.read_header(data, **LIMITS), pool) for _ in range(2)))
+            assert budget.used == 0 and all(p.width == 2400 for p in photos)
+            with pytest.raises(TimeoutError):  # a request that gives up: its decode still holds the bytes
+                async with asyncio.timeout(0.05):
+                    await budget.decode(imaging.read_header(data, **LIMITS), pool)
+            assert budget.used == needed
+            await asyncio.sleep(0.3)
+            assert budget.used == 0
+
+    asyncio.run(both())
+    assert seen == [needed] * 3  # never two at once
