@@ -145,10 +145,10 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4
 
 # Peak memory of Pillow's decoder (and the reduction after it) per pixel, measured on 12 MP photos
 # in a fresh process (2026-12-04, Pillow 11): WebP 16.5 (its animation decoder keeps an RGBA canvas
-# and copies), AVIF 9.7 (RGBA 12.3), HEIF 7.8 (RGBA 8.8), PNG about twice the stored bytes (L 1.3,
-# RGB 4.2, RGBA 8.3). tests/test_imaging.py checks each estimate against a measured decode.
+# and copies), AVIF 9.7 (RGBA 12.3), HEIF 7.8 (RGBA 8.8), PNG up to twice what Pillow stores (L 1.3,
+# RGB 4.2, RGBA 8.3, LA 8.6). tests/test_imaging.py checks each estimate against a measured decode.
 PEAK_BYTES_PER_PIXEL = {"WEBP": 17.0, "AVIF": 13.0, "HEIF": 9.5}
-PEAK_PER_STORED_BYTE = 2.2  # the other formats (PNG): per byte of the decoded image
+PEAK_PER_STORED_BYTE = 2.4  # the other formats (PNG): per byte Pillow stores (4 a pixel for any multi-band mode)
 PEAK_PER_COEFFICIENT_BYTE = 1.15  # progressive JPEG: libjpeg's buffers beside the coefficients (measured +10%)
 
 
@@ -163,9 +163,11 @@ def decode_bytes(image: Image.Image, full_size: tuple[int, int]) -> int:
     if image.format == "JPEG":
         progressive = image.info.get("progressive")
         return stored + (int(2 * PEAK_PER_COEFFICIENT_BYTE * jpeg_coefficients(image, full_size)) if progressive else 0)
+    in_pillow = w * h * (4 if len(image.getbands()) > 1 else _BYTES_PER_BAND.get(image.mode, 1))
     peak = int(w * h * PEAK_BYTES_PER_PIXEL[image.format]) if image.format in PEAK_BYTES_PER_PIXEL \
-        else int(stored * PEAK_PER_STORED_BYTE)
-    return peak + (0 if image.mode in _REDUCIBLE else w * h * 4)
+        else int(in_pillow * PEAK_PER_STORED_BYTE)
+    # 16-bit grey goes through numpy to be scaled (measured: 14 bytes a pixel in all)
+    return peak + (0 if image.mode in _REDUCIBLE else w * h * (12 if image.mode in _SIXTEEN_BIT else 4))
 
 
 def jpeg_coefficients(image: Image.Image, full_size: tuple[int, int]) -> int:
