@@ -176,7 +176,9 @@ def jpeg_coefficients(image: Image.Image, full_size: tuple[int, int]) -> int:
     coefficients a pixel, not 3), in 8x8 blocks rounded up to whole MCUs. (Measured for a 20 MP
     progressive JPEG decoded at 1/8: 62 MiB at 4:2:0, 119 MiB at 4:4:4.)"""
     w, h = full_size
-    sampling = [(hs, vs) for _, hs, vs, _ in getattr(image, "layer", [])] or [(1, 1)] * len(image.getbands())
+    # (a corrupt header may claim factors outside libjpeg's 1..4, which its decoding then refuses: 422)
+    sampling = ([(min(max(hs, 1), 4), min(max(vs, 1), 4)) for _, hs, vs, _ in getattr(image, "layer", [])]
+                or [(1, 1)] * len(image.getbands()))
     h_max, v_max = max(hs for hs, _ in sampling), max(vs for _, vs in sampling)
     total = 0
     for hs, vs in sampling:

@@ -303,3 +303,13 @@ def test_decodes_that_do_not_fit_the_budget_together_run_one_after_the_other(mon
 
     asyncio.run(both())
     assert seen == [needed] * 3  # never two at once
+
+
+def test_progressive_jpeg_claiming_a_zero_sampling_factor_is_422():
+    """Found by the fuzz test: the memory estimate divided by a corrupt header's sampling factor
+    (a 500); libjpeg refuses such a file, and so does the answer."""
+    data = bytearray(encode(pattern(), "JPEG", progressive=True))
+    sof = data.find(b"\xff\xc2")
+    data[sof + 2 + 2 + 1 + 2 + 2 + 1 + 1] = 0x00  # first component's H and V factors
+    problem = refused(bytes(data))
+    assert problem.status == 422
