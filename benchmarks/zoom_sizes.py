@@ -32,7 +32,7 @@ from benchmarks.bench_models import against_baseline, median_ms  # noqa: E402
 from benchmarks.zoom_cost import measure  # noqa: E402
 from service.contract import DETECTOR_INPUT  # noqa: E402
 from service.pipeline import CatFace, load, model_row  # noqa: E402
-from service.runtime import OnnxModel, load_models  # noqa: E402
+from service.runtime import OnnxModel  # noqa: E402
 from training.evaluate import boxes_found  # noqa: E402
 from training.export import export_onnx  # noqa: E402
 from training.from_onnx import load_folded  # noqa: E402
@@ -43,9 +43,8 @@ SIDES = (128, 160, 192)
 CANDIDATES = [(256, 256), (160, 128), (192, 128), (160, 256), (192, 256), (256, 192)]  # (tiles, windows)
 
 
-def detectors_at(models: Path, sides, threads: int, out: Path) -> dict[int, OnnxModel]:
-    """The shipped float catface exported at each side, as OnnxModels."""
-    served = load_models(models, threads)["catface"]
+def detectors_at(served: OnnxModel, models: Path, sides, threads: int, out: Path) -> dict[int, OnnxModel]:
+    """The served catface's float file exported at each side, as OnnxModels."""
     entry = {**served.entry, **served.entry.get("float_reference", {})}
     net = load_folded(CatFaceDetector(EfficientNetLite0("lite0"), DETECTOR_INPUT), models / entry["file"],
                       DETECTOR_INPUT).eval()
@@ -103,8 +102,8 @@ def main():
     args = parser.parse_args()
     report = {"date": datetime.date.today().isoformat(), "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
-        others = detectors_at(args.models, SIDES, args.threads, Path(tmp))
         served = load(args.models, args.threads)
+        others = detectors_at(served.detector, args.models, SIDES, args.threads, Path(tmp))
         timing = {}
         for side, model in [(DETECTOR_INPUT, served.detector), *others.items()]:
             one = np.random.default_rng(0).uniform(0, 255, (1, 3, side, side)).astype(np.float32)

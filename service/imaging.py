@@ -159,13 +159,15 @@ def decode_bytes(image: Image.Image, full_size: tuple[int, int]) -> int:
     the other formats decode whole, at their measured peak; modes that cannot be reduced as they
     are get converted at full size first (4 more bytes a pixel)."""
     w, h = image.size
-    stored = w * h * len(image.getbands()) * _BYTES_PER_BAND.get(image.mode, 1)
+    bands, band_bytes = len(image.getbands()), _BYTES_PER_BAND.get(image.mode, 1)
     if image.format == "JPEG":
         progressive = image.info.get("progressive")
-        return stored + (int(2 * PEAK_PER_COEFFICIENT_BYTE * jpeg_coefficients(image, full_size)) if progressive else 0)
-    in_pillow = w * h * (4 if len(image.getbands()) > 1 else _BYTES_PER_BAND.get(image.mode, 1))
-    peak = int(w * h * PEAK_BYTES_PER_PIXEL[image.format]) if image.format in PEAK_BYTES_PER_PIXEL \
-        else int(in_pillow * PEAK_PER_STORED_BYTE)
+        coefficients = int(2 * PEAK_PER_COEFFICIENT_BYTE * jpeg_coefficients(image, full_size)) if progressive else 0
+        return w * h * bands * band_bytes + coefficients
+    if image.format in PEAK_BYTES_PER_PIXEL:
+        peak = int(w * h * PEAK_BYTES_PER_PIXEL[image.format])
+    else:  # what Pillow stores: 4 bytes a pixel for any multi-band mode
+        peak = int(w * h * (4 if bands > 1 else band_bytes) * PEAK_PER_STORED_BYTE)
     # 16-bit grey goes through numpy to be scaled (measured: 14 bytes a pixel in all)
     return peak + (0 if image.mode in _REDUCIBLE else w * h * (12 if image.mode in _SIXTEEN_BIT else 4))
 
@@ -195,9 +197,9 @@ class Header:
     width: int
     height: int
     needed: int  # bytes its decoding fills at the peak (decode_bytes): what a DecodeBudget reserves
-    side: int    # decode_side, or original_side with keep_original
     decode_side: int
     keep_original: bool
+    original_side: int
     max_pixels: int
 
 
@@ -282,13 +284,13 @@ def read_header(data: bytes, *, max_bytes: int, max_pixels: int, decode_side: in
     if needed > max_decode_bytes:
         raise _too_large(f"decoding the {width}x{height} {image.format} would take {needed >> 20} MiB; "
                          f"the limit is {max_decode_bytes >> 20} MiB")
-    return Header(image, width, height, needed, side, decode_side, keep_original, max_pixels)
+    return Header(image, width, height, needed, decode_side, keep_original, original_side, max_pixels)
 
 
 def decode_pixels(header: Header) -> Photo:
     """The pixels of an image whose header passed (read_header): upright, RGB, reduced."""
     image, width, height, max_pixels = header.image, header.width, header.height, header.max_pixels
-    decode_side, keep_original, original_side = header.decode_side, header.keep_original, header.side
+    decode_side, keep_original, original_side = header.decode_side, header.keep_original, header.original_side
     try:
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
