@@ -118,18 +118,24 @@ def against_baseline(catface, baseline, photos, repeats: int, rounds: int = 5, w
 
 @contextlib.contextmanager
 def counting_rows(catface):
-    """Counts the detector rows (the whole photo, tiles, windows) catface runs inside the block:
-    where the closer looks' cost goes. Yields a one-item list holding the count (reset it freely)."""
-    run, rows = catface.detector.run, [0]
+    """Counts the detector rows (the whole photo, tiles, windows, the small-face look: one row, of
+    its larger side) catface runs inside the block: where the closer looks' cost goes. Yields a
+    one-item list holding the count (reset it freely)."""
+    rows = [0]
+    detectors = list(getattr(catface, "detectors", {}).values()) or [catface.detector]
 
-    def counted(batch):
-        rows[0] += len(batch)
-        return run(batch)
-    catface.detector.run = counted
+    def counting(run):
+        def counted(batch):
+            rows[0] += len(batch)
+            return run(batch)
+        return counted
+    for detector in detectors:
+        detector.run = counting(detector.run)
     try:
         yield rows
     finally:
-        del catface.detector.run  # back to the class's method
+        for detector in detectors:
+            del detector.run  # back to the class's method
 
 
 def detector_rows(catface, photos) -> list[int]:

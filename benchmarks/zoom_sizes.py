@@ -59,15 +59,17 @@ def detectors_at(served: OnnxModel, models: Path, sides, threads: int, out: Path
 
 
 class SidedDetector:
-    """The served detector for 256-px rows, the exported ones for the others."""
+    """The served detector for 256-px rows (the exported float one with float256), the exported
+    ones for the others."""
 
-    def __init__(self, served: OnnxModel, others: dict[int, OnnxModel]):
-        self.served, self.others = served, others
+    def __init__(self, served: OnnxModel, others: dict[int, OnnxModel], float256: bool = False):
+        self.served, self.others, self.float256 = served, others, float256
         self.entry, self.input_size, self.name = served.entry, served.input_size, served.name
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         side = batch.shape[-1]
-        return self.served.run(batch) if side == self.input_size[1] else self.others[side].run(batch)
+        served = side == self.input_size[1] and not self.float256
+        return self.served.run(batch) if served else self.others[side].run(batch)
 
 
 class SizedLooks(CatFace):
@@ -76,7 +78,12 @@ class SizedLooks(CatFace):
     def __init__(self, models, others: dict[int, OnnxModel], tiles: int, windows: int):
         super().__init__(models)
         self.detector = SidedDetector(models["catface"], others)
+        self.detectors = {self.detector.input_size: self.detector}
+        self.small_look = None  # (the tiles this study sizes, not the served one-look)
         self.sides, self._next = {"tiles": tiles, "windows": windows}, DETECTOR_INPUT
+
+    def detector_for(self, rows):
+        return self.detector  # (it runs every side)
 
     def zoom_windows(self, faces, image):
         self._next = self.sides["tiles"]

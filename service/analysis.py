@@ -33,7 +33,8 @@ class Analyzer:
         looks = self.pipeline.face_looks(photo.image, zoom)
         rows, faces = await self._on_pixels(advance, looks, None)
         while rows is not None:
-            outputs = await self.batchers["catface"].submit(rows, deadline)
+            detector = self.pipeline.detector_for(rows).name
+            outputs = await self.batchers[detector].submit(rows, deadline)
             rows, faces = await self._on_pixels(advance, looks, tuple(outputs))
         return faces or []
 

@@ -82,7 +82,7 @@ async def lifespan(app: FastAPI):
     except ModelFileError as exc:  # one plain line, above the traceback uvicorn logs next
         log.error("cannot start: %s", exc)
         raise
-    batchers = {name: Batcher(name, model.run, max_batch_size=settings.max_batch_size,
+    batchers = {name: Batcher(name, model.run, max_batch_size=model.rows_per_call(settings.max_batch_size),
                               max_wait_s=settings.max_wait_ms / 1000, queue_size=settings.queue_size,
                               observer=metrics.for_model(name))
                 for name, model in pipeline.models.items()}

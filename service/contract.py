@@ -35,9 +35,16 @@ MAX_FACES = 20  # the best MAX_FACES faces after NMS are kept
 # photo, best first: a bound on the work one photo can ask for. The no-face tiles give no
 # candidates: on training dog photos they raised the false faces.
 # Chosen on training-split photos (the model card has the numbers), never on validation.
+# The small-face look is served as ONE look at the whole photo at ZOOM_SMALL_LOOK px instead of its
+# tiles: the magnification a tile had (DETECTOR_INPUT / ((1 + ZOOM_OVERLAP) / ZOOM_GRID_SMALL)), in
+# 6.25 rows' worth of pixels where the overlapping tiles took 9 (issue 12's cost; on training photos
+# it found the same faces: benchmarks/results/zoom-one-look-2026-12-04.json). One row of it holds
+# about 84 MiB of activations, so the server runs it one photo at a time (ZOOM_SMALL_LOOK_BATCH).
 ZOOM_BELOW = 48
 ZOOM_GRID_NONE = 2
 ZOOM_GRID_SMALL = 3
+ZOOM_SMALL_LOOK = 640
+ZOOM_SMALL_LOOK_BATCH = 1
 ZOOM_OVERLAP = 0.2
 ZOOM_EDGE = 2
 ZOOM_CANDIDATE_SCORE = 0.2

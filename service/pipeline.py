@@ -18,7 +18,7 @@ from . import geometry
 from .contract import BREED_CROP_SCALE
 from .detection import around, from_tile, iou, nms, select_faces, tiles, zoom_grid
 from .geometry import to_chw
-from .runtime import DEFAULT_MODELS_DIR, OnnxModel, load_models
+from .runtime import DEFAULT_MODELS_DIR, SMALL_LOOK, OnnxModel, load_models
 
 
 def model_row(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -30,6 +30,7 @@ def model_row(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 # CatFace.face_looks: yields detector rows, is sent their (scores, boxes), returns the faces
 Looks = Generator[np.ndarray, tuple[np.ndarray, np.ndarray], "list[Face]"]
+WHOLE_PHOTO = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)  # a look's window: the whole photo
 
 
 @dataclass
@@ -61,6 +62,9 @@ class CatFace:
         self.containment = post["containment_threshold"]
         self.max_faces = post["max_faces"]
         self.zoom = post.get("zoom")  # a manifest without it (catface 1.0.0's): no second look
+        # the small-face look: the whole photo at a larger side, in place of the small-face tiles
+        self.small_look: OnnxModel | None = models.get(SMALL_LOOK)
+        self.detectors = {m.input_size: m for m in (self.detector, self.small_look) if m is not None}
         self.crop_scale = self.landmarker.entry["inputs"][0]["crop"]["scale"]
         self.breed_labels = self.classifier.entry["labels"]
         self.breed_threshold = self.classifier.entry["report_threshold"]
@@ -82,20 +86,22 @@ class CatFace:
         next look, is sent their (scores, boxes) and returns the faces, best first. The in-process
         driver (CatFace.faces) and the server's (service.analysis) run these same looks:
         1. the whole photo;
-        2. (zoom) where that kept no face or a small one, overlapping tiles (zoom_windows);
+        2. (zoom) where that kept no face, overlapping tiles (zoom_windows); where it kept a small
+           one, the whole photo again at the small look's larger side (or, without that model, tiles);
         3. (zoom) a window of its own around each box a look of ZOOM_CANDIDATES_FROM half-saw
            (candidate_windows); a face found there on that box is kept.
         Without the manifest's postprocess.zoom (catface 1.0.0) or with zoom=False: look 1 only."""
-        whole = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
         scores, boxes = yield self.detector_input(image)[None]
         if not (zoom and self.zoom):
             return self.faces_from(scores[0], boxes[0], image)
         z = self.zoom
-        seen = self._seen(whole, scores, boxes, z["candidate_score"], edge=0.0)
+        seen = self._seen(WHOLE_PHOTO, scores, boxes, z["candidate_score"], edge=0.0)
         faces, candidates = self._split(seen, "photo" in z["candidates_from"])
         windows, why = self.zoom_windows(faces, image)
         if len(windows):
-            scores, boxes = yield self.tile_inputs(image, windows)
+            look = why == "small" and self.small_look is not None
+            scores, boxes = yield (model_row(image, self.small_look.input_size)[None] if look  # type: ignore[union-attr]
+                                   else self.tile_inputs(image, windows))
             edge = z["edge_px"] / self.detector.input_size[0]
             tiles_seen = self._seen(windows, scores, boxes, z["candidate_score"], edge)
             more, more_candidates = self._split(tiles_seen, why in z["candidates_from"])
@@ -118,8 +124,10 @@ class CatFace:
         side = self.detector.input_size[0]
         sides = np.max(faces[:, 2:4] - faces[:, :2], axis=1) * side if len(faces) else np.zeros(0)
         grid = zoom_grid(sides, self.zoom["below_px"], self.zoom["grid_none"], self.zoom["grid_small"])
-        return (tiles(grid, self.zoom["overlap"]) if grid else np.zeros((0, 4), np.float32)), (
-            "small" if len(faces) else "none")
+        why = "small" if len(faces) else "none"
+        if grid and why == "small" and self.small_look is not None:
+            return WHOLE_PHOTO, why
+        return (tiles(grid, self.zoom["overlap"]) if grid else np.zeros((0, 4), np.float32)), why
 
     def candidate_windows(self, candidates: np.ndarray, faces: np.ndarray,
                           image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +138,10 @@ class CatFace:
         chosen = rows[rows[:, 4] < self.score_threshold][: self.zoom["max_candidates"]]
         w, h = image.size
         return around(chosen[:, :4] * [w, h, w, h], self.zoom["candidate_window"], w, h), chosen
+
+    def detector_for(self, rows: np.ndarray) -> OnnxModel:
+        """The detector file that runs these rows: the one whose input side they have."""
+        return self.detectors[tuple(rows.shape[2:4])]
 
     def tile_inputs(self, image: Image.Image, windows: np.ndarray) -> np.ndarray:
         """Detector rows of windows (normalised) of the photo; outside it is black."""
@@ -224,7 +236,7 @@ class CatFace:
     # ---- synchronous batch API ---------------------------------------------------------------
     def faces(self, images: list[Image.Image], zoom: bool = True) -> list[list[Face]]:
         """The detector's faces in each photo, best first (face_looks), the photos' looks run
-        together: each round, one detector call for every photo that has a look left."""
+        together: each round, one call of each detector file for the photos whose next look it runs."""
         looks = [self.face_looks(image, zoom) for image in images]
         found: list[list[Face]] = [[] for _ in images]
         outputs: dict[int, tuple[np.ndarray, np.ndarray] | None] = {n: None for n in range(len(images))}
@@ -236,13 +248,15 @@ class CatFace:
                     found[n] = faces or []
                 else:
                     rows[n] = x
-            if not rows:
-                break
-            scores, boxes = self.detector.run(np.concatenate(list(rows.values())))
-            outputs, start = {}, 0
-            for n, x in rows.items():
-                outputs[n] = (scores[start:start + len(x)], boxes[start:start + len(x)])
-                start += len(x)
+            outputs = {}
+            for detector in self.detectors.values():
+                mine = {n: x for n, x in rows.items() if self.detector_for(x) is detector}
+                if mine:
+                    scores, boxes = detector.run(np.concatenate(list(mine.values())))
+                    start = 0
+                    for n, x in mine.items():
+                        outputs[n] = (scores[start:start + len(x)], boxes[start:start + len(x)])
+                        start += len(x)
         return found
 
     def detect(self, images: list[Image.Image], breeds: bool = True, zoom: bool = True) -> list[list[Face]]:

@@ -17,6 +17,9 @@ DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 EXACT_INT8 = "session.x64quantprecision"
 
 
+SMALL_LOOK = "catface.small_look"  # the models' key (and batcher's name) of the detector's small-face look
+
+
 class ModelFileError(RuntimeError):
     """A model file is missing, altered, or does not match the manifest."""
 
@@ -63,18 +66,33 @@ class OnnxModel:
             options.inter_op_num_threads = 1
         self.entry = entry
         self.name = entry["name"]
+        self.max_batch: int | None = entry.get("max_batch")  # rows per call, when the model bounds it
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.input_size = tuple(entry["inputs"][0]["shape"][2:4])  # (height, width)
         self.output_names = [o["name"] for o in entry["outputs"]]
+
+    def rows_per_call(self, wanted: int) -> int:
+        """`wanted` rows a call, or fewer where the model bounds it (a large input's activations)."""
+        return min(wanted, self.max_batch or wanted)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, np.float32)})
 
     def warm_up(self, max_batch: int = 1) -> None:
         """Run every batch size from `max_batch` down to 1 once: the first run at a size allocates."""
-        for rows in range(max_batch, 0, -1):
+        for rows in range(self.rows_per_call(max_batch), 0, -1):
             self.run(np.zeros((rows, 3, *self.input_size), np.float32))
+
+
+def small_look_entry(entry: dict) -> dict | None:
+    """The detector's small-face look (postprocess.zoom.small_look: the same weights at a larger
+    side, in a file of its own) as a model entry of its own, named SMALL_LOOK; None for other models."""
+    look = entry.get("postprocess", {}).get("zoom", {}).get("small_look")
+    if not look or "file" not in look:
+        return None
+    side, same = look["side"], {k: v for k, v in entry.items() if k != "float_reference"}  # (the int8 file's)
+    return {**same, **look, "name": SMALL_LOOK, "inputs": [{**entry["inputs"][0], "shape": ["batch", 3, side, side]}]}
 
 
 def load_models(models_dir: Path = DEFAULT_MODELS_DIR, threads: int | None = None,
@@ -86,6 +104,9 @@ def load_models(models_dir: Path = DEFAULT_MODELS_DIR, threads: int | None = Non
         if entry["format"] == "onnx":
             models[entry["name"]] = OnnxModel(entry, verified_path(models_dir, entry), threads, arena)
             models[entry["name"]].warm_up()
+            if look := small_look_entry(entry):
+                models[look["name"]] = OnnxModel(look, verified_path(models_dir, look), threads, arena)
+                models[look["name"]].warm_up()
     missing = {"catface", "catlandmarks", "catbreeds"} - models.keys()
     if missing:
         raise ModelFileError(f"the manifest in {models_dir} lacks the models {sorted(missing)}")

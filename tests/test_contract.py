@@ -40,6 +40,10 @@ def test_detector_entries_carry_the_contract(entry):
     assert (zoom["candidate_score"], zoom["candidate_window"], zoom["max_candidates"], zoom["candidates_from"]) == (
         contract.ZOOM_CANDIDATE_SCORE, contract.ZOOM_CANDIDATE_WINDOW, contract.ZOOM_MAX_CANDIDATES,
         list(contract.ZOOM_CANDIDATES_FROM))
+    if entry["format"] == "onnx":  # the server's small-face look: the tiles' magnification, one photo a call
+        assert zoom["small_look"]["side"] == contract.ZOOM_SMALL_LOOK == round(
+            contract.DETECTOR_INPUT * contract.ZOOM_GRID_SMALL / (1 + contract.ZOOM_OVERLAP))
+        assert zoom["small_look"]["max_batch"] == contract.ZOOM_SMALL_LOOK_BATCH
     defaults = {i["name"]: i["default"] for i in entry["inputs"] if "default" in i}  # CoreML's NMS inputs
     assert defaults in ({}, {"iouThreshold": contract.IOU_THRESHOLD, "confidenceThreshold": contract.SCORE_THRESHOLD})
 
@@ -63,7 +67,8 @@ def test_breed_entries_agree_with_the_contract_where_they_carry_the_crop(entry):
 
 
 def test_the_server_reads_the_contract_from_the_manifest():
-    by_name = {e["name"]: SimpleNamespace(entry=e) for e in ENTRIES if e["format"] == "onnx"}
+    by_name = {e["name"]: SimpleNamespace(entry=e, input_size=tuple(e["inputs"][0]["shape"][2:4]))
+               for e in ENTRIES if e["format"] == "onnx"}
     catface = CatFace(by_name)
     assert (catface.score_threshold, catface.iou_threshold, catface.containment, catface.max_faces) == (
         contract.SCORE_THRESHOLD, contract.IOU_THRESHOLD, contract.CONTAINMENT_THRESHOLD, contract.MAX_FACES)

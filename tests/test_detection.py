@@ -18,10 +18,11 @@ from service.contract import (
     ZOOM_GRID_NONE,
     ZOOM_GRID_SMALL,
     ZOOM_OVERLAP,
+    ZOOM_SMALL_LOOK,
 )
 from service.detection import around, from_tile, select_faces, tiles, zoom_grid
 from service.pipeline import CatFace
-from service.runtime import read_manifest
+from service.runtime import SMALL_LOOK, read_manifest, small_look_entry
 
 from .conftest import MODELS
 
@@ -94,18 +95,24 @@ def test_a_half_seen_box_gets_a_square_window_around_it_that_may_reach_past_the_
     assert np.allclose(window * [200, 100, 200, 100], [-20, -15, 60, 65])  # 80 px square, same centre
 
 
-def looks_of(outputs: list[tuple[list, list]]) -> tuple[list[int], list]:
+def looks_of(outputs: list[tuple[list, list]]) -> tuple[list[int], list, list[int]]:
     """Run CatFace.face_looks on an 800x600 photo with the shipped post-processing, answering each
-    look with the given (scores, boxes) of its windows; the rows each look asked for, and the faces."""
-    models = {e["name"]: SimpleNamespace(entry=e, input_size=(256, 256))
-              for e in read_manifest(MODELS)["models"] if e["format"] == "onnx"}
+    look with the given (scores, boxes) of its windows; the rows each look asked for, the faces,
+    and each look's input side."""
+    entries = [e for e in read_manifest(MODELS)["models"] if e["format"] == "onnx"]
+    entries += [look for e in entries if (look := small_look_entry(e))]
+    models = {e["name"]: SimpleNamespace(entry=e, input_size=tuple(e["inputs"][0]["shape"][2:4]), name=e["name"])
+              for e in entries}
     looks = CatFace(models).face_looks(Image.new("RGB", (800, 600)))
-    asked = [len(next(looks))]
+    rows = next(looks)
+    asked, sides = [len(rows)], [rows.shape[-1]]
     for scores, boxes in outputs:
         try:
-            asked.append(len(looks.send((np.array(scores, np.float32), np.array(boxes, np.float32)))))
+            rows = looks.send((np.array(scores, np.float32), np.array(boxes, np.float32)))
+            asked.append(len(rows))
+            sides.append(rows.shape[-1])
         except StopIteration as done:
-            return asked, done.value
+            return asked, done.value, sides
     raise AssertionError("the looks wanted more")
 
 
@@ -114,7 +121,7 @@ HALF_SEEN = [0.7, 0.7, 0.75, 0.75]  # 40 x 30 px; its own window is 160 px squar
 
 def test_a_half_seen_box_becomes_a_face_when_its_own_window_finds_one_on_it():
     big_face = [0.1, 0.1, 0.5, 0.5]  # 102 px at the input: no tiles
-    asked, faces = looks_of([([[0.9, 0.4]], [[big_face, HALF_SEEN]]),
+    asked, faces, _ = looks_of([([[0.9, 0.4]], [[big_face, HALF_SEEN]]),
                              ([[0.8]], [[[0.375, 0.375, 0.625, 0.625]]])])  # the window's centre
     assert asked == [1, 1]
     assert len(faces) == 2 and faces[1].score == pytest.approx(0.8)
@@ -122,14 +129,33 @@ def test_a_half_seen_box_becomes_a_face_when_its_own_window_finds_one_on_it():
 
 
 def test_a_half_seen_box_stays_out_when_its_window_finds_no_face_on_it():
-    asked, faces = looks_of([([[0.9, 0.4]], [[[0.1, 0.1, 0.5, 0.5], HALF_SEEN]]),
+    asked, faces, _ = looks_of([([[0.9, 0.4]], [[[0.1, 0.1, 0.5, 0.5], HALF_SEEN]]),
                              ([[0.8]], [[[0.0, 0.0, 0.2, 0.2]]])])  # a face in the window's corner
     assert asked == [1, 1] and len(faces) == 1
 
 
 def test_no_face_in_the_photo_brings_the_no_face_tiles_and_their_faces():
     tile_faces = [[[0.4, 0.4, 0.6, 0.6]]] + [[[0.0, 0.0, 0.1, 0.1]]] * 3
-    asked, faces = looks_of([([[0.1]], [[[0.0, 0.0, 0.1, 0.1]]]),
+    asked, faces, _ = looks_of([([[0.1]], [[[0.0, 0.0, 0.1, 0.1]]]),
                              ([[0.9], [0.1], [0.1], [0.1]], tile_faces)])
     assert asked == [1, ZOOM_GRID_NONE ** 2] and len(faces) == 1
     assert np.allclose(faces[0].box, [0.24 * 800, 0.24 * 600, 0.36 * 800, 0.36 * 600])  # tile 0 is 0.6 wide
+
+
+def test_a_small_face_brings_one_look_at_the_whole_photo_at_the_small_looks_side():
+    small_face = [0.1, 0.1, 0.2, 0.2]  # 26 px at the input: under ZOOM_BELOW
+    asked, faces, sides = looks_of([([[0.9]], [[small_face]]),
+                                    ([[0.9, 0.8]], [[small_face, [0.5, 0.5, 0.55, 0.55]]])])  # one more
+    assert asked == [1, 1] and sides == [256, ZOOM_SMALL_LOOK]
+    assert len(faces) == 2 and np.allclose(faces[1].box, [400, 300, 440, 330])
+
+
+def test_the_small_look_is_its_own_model_that_the_drivers_pick_by_its_rows_side():
+    models = {e["name"]: SimpleNamespace(entry=e, input_size=tuple(e["inputs"][0]["shape"][2:4]), name=e["name"])
+              for e in read_manifest(MODELS)["models"] if e["format"] == "onnx"}
+    look = small_look_entry(models["catface"].entry)
+    models[SMALL_LOOK] = SimpleNamespace(entry=look, input_size=(ZOOM_SMALL_LOOK, ZOOM_SMALL_LOOK), name=SMALL_LOOK)
+    catface = CatFace(models)
+    assert catface.detector_for(np.zeros((1, 3, 256, 256))).name == "catface"
+    assert catface.detector_for(np.zeros((1, 3, ZOOM_SMALL_LOOK, ZOOM_SMALL_LOOK))).name == SMALL_LOOK
+    assert look["max_batch"] == 1 and look["weights"] == "float32"

@@ -35,6 +35,8 @@ from service.contract import (
     ZOOM_GRID_SMALL,
     ZOOM_MAX_CANDIDATES,
     ZOOM_OVERLAP,
+    ZOOM_SMALL_LOOK,
+    ZOOM_SMALL_LOOK_BATCH,
 )
 
 from . import data
@@ -134,18 +136,47 @@ def zoom_entry() -> dict:
             "overlap": ZOOM_OVERLAP, "edge_px": ZOOM_EDGE, "candidate_score": ZOOM_CANDIDATE_SCORE,
             "candidate_window": ZOOM_CANDIDATE_WINDOW, "max_candidates": ZOOM_MAX_CANDIDATES,
             "candidates_from": list(ZOOM_CANDIDATES_FROM),
+            "small_look": {"side": ZOOM_SMALL_LOOK, "max_batch": ZOOM_SMALL_LOOK_BATCH},
             "method": "closer looks after the whole photo's: (1) when it keeps no face, tiles of grid_none x grid_none "
-                      "('none'); when it keeps a face whose longer side is under below_px at the input, of "
-                      "grid_small x grid_small ('small'): windows (1 + overlap) / grid of the photo's width and "
-                      "height, evenly spaced from edge to edge, row-major, each stretched to the input and "
-                      "post-processed as above; a window's box within edge_px (at the input) of an edge shared "
-                      "with another window goes. (2) Boxes scored from candidate_score up but under "
+                      "('none'): windows (1 + overlap) / grid of the photo's width and height, evenly spaced from "
+                      "edge to edge, row-major, each stretched to the input and post-processed as above; a "
+                      "window's box within edge_px (at the input) of an edge shared with another window goes. When "
+                      "it keeps a face whose longer side is under below_px at the input ('small'): the whole photo "
+                      "stretched to small_look.side square, through small_look.file (the same weights at that "
+                      "side: the magnification grid_small x grid_small such tiles had), post-processed as above. "
+                      "(2) Boxes scored from candidate_score up but under "
                       "score_threshold by the looks named in candidates_from ('photo', 'small'), after one NMS "
                       "with the faces and away from them (IoU <= iou_threshold, containment under "
                       "containment_threshold), best first, at most max_candidates: each gets a square window of "
                       "candidate_window x its longer side, centred on it (black outside the photo); the best box "
                       "there scoring >= score_threshold with IoU > iou_threshold with it is a face. All faces "
                       "(photo coordinates) go through the same NMS and max_faces"}
+
+
+def export_small_look(model: CatFaceDetector, out: Path) -> dict:
+    """The detector's weights at the small-face look's side (float32: as fast as int8 on AVX2-only
+    CPUs), for the zoom entry's small_look."""
+    size = model.input_size
+    model.set_input_size(ZOOM_SMALL_LOOK)
+    try:
+        export_onnx(model, ZOOM_SMALL_LOOK, ["scores", "boxes"], out / f"catface.{ZOOM_SMALL_LOOK}.onnx")
+    finally:
+        model.set_input_size(size)
+    return {"side": ZOOM_SMALL_LOOK, "max_batch": ZOOM_SMALL_LOOK_BATCH, "weights": "float32",
+            **file_facts(out / f"catface.{ZOOM_SMALL_LOOK}.onnx")}
+
+
+def add_small_look(out: Path) -> None:
+    """Export the small-face look from the shipped float catface file (a model exported before the
+    look existed; its weights, BatchNorm folded, run as the checkpoint's) into its manifest entry."""
+    from .from_onnx import load_folded
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = next(m for m in manifest["models"] if m["name"] == "catface" and m["format"] == "onnx")
+    source = out / entry.get("float_reference", entry)["file"]
+    model = load_folded(CatFaceDetector(EfficientNetLite0("lite0"), DETECTOR_INPUT), source, DETECTOR_INPUT).eval()
+    entry["postprocess"]["zoom"] = {**zoom_entry(), "small_look": export_small_look(model, out)}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def landmarks_entry(size: int) -> dict:
@@ -199,14 +230,20 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="calibration photos for int8")
     parser.add_argument("--float-only", action="store_true",
                         help="no int8 files (the intermediate detectors that label photos ran float)")
+    parser.add_argument("--small-look-only", action="store_true",
+                        help="only (re)make the detector's small-face look file from the float catface in --out")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    if args.small_look_only:
+        return add_small_look(args.out)
     entries = []
     if "catface" in args.only:
         model, size = load_checkpoint(CatFaceDetector, args.runs / "detector" / "checkpoint.pt")
         export_onnx(model, size, ["scores", "boxes"], args.out / "catface.onnx")
-        entries.append({**detector_entry(size), "training_faces": training_faces(args.runs / "detector"),
+        entry = detector_entry(size)
+        entry["postprocess"]["zoom"]["small_look"] = export_small_look(model, args.out)
+        entries.append({**entry, "training_faces": training_faces(args.runs / "detector"),
                         **file_facts(args.out / "catface.onnx")})
     if "catlandmarks" in args.only:
         model, size = load_checkpoint(CatLandmarker, args.runs / "landmarks" / "checkpoint.pt")

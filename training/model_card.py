@@ -193,6 +193,28 @@ def mosaic_table(det: list[dict], key: str, title: str) -> list[str]:
               for r in det)]
 
 
+def small_look(zoom: dict) -> str:
+    """How the server looks again after a small face: one larger look (since 2026-12-04) or tiles."""
+    grid = f"{zoom['grid_small']}x{zoom['grid_small']}"
+    look = zoom.get("small_look")
+    if not look:
+        return f"on {grid} tiles"
+    return (f"once more on the whole photo stretched to {look['side']}x{look['side']} (`{look.get('file', '')}`, "
+            f"the same weights at that side: every face as large as on the {grid} tiles chosen below, in "
+            f"{(look['side'] / 256) ** 2:.2f} rows' worth of pixels where the overlapping tiles took "
+            f"{zoom['grid_small'] ** 2})")
+
+
+ONE_LOOK = ("Served since 2026-12-04 as one look at 640 px instead of the 3x3 small-face tiles (issue 12's cost), "
+            "measured on the same training photos before validation ran "
+            "(`benchmarks/results/zoom-one-look-2026-12-04.json`, `zoom-one-look-sides-2026-12-04.json`): Crawford "
+            "recall 0.996, precision 0.976, false faces per dog photo 0.005, small-faces recall 0.959, Oxford photos "
+            "with a face 0.983, against the tiles' 1.000, 0.980, 0.005, 0.956, 0.983: each line within one photo. "
+            "640 is the side that sees faces as the tiles did (256 x 3 / 1.2), chosen after 448, 512 and 576 were "
+            "measured there too; they lost small faces (0.950, 0.947, 0.953). One look at 448 px instead of the 2x2 "
+            "no-face tiles lost an Oxford photo and was not taken. The validation lines above did not move.")
+
+
 def write_card(results: dict, models_dir: Path) -> None:
     manifest = json.loads((models_dir / "manifest.json").read_text())
     det = results["detection"]
@@ -243,9 +265,9 @@ def write_card(results: dict, models_dir: Path) -> None:
     lines += ["", f"'{det[0]['detector']}' is the detector on the whole photo alone, what the Core ML model finds. "
               "The server then looks closer (the manifest's `postprocess.zoom`): where the whole-photo look keeps "
               f"no face it runs the detector again on {zoom['grid_none']}x{zoom['grid_none']} overlapping tiles, "
-              f"and where it keeps a face under {zoom['below_px']} px at the input, on "
-              f"{zoom['grid_small']}x{zoom['grid_small']} tiles; then each box that the whole photo's look or the "
-              f"small-face tiles scored from {zoom['candidate_score']} up but under the threshold gets a window of "
+              f"and where it keeps a face under {zoom['below_px']} px at the input, {small_look(zoom)}; then each "
+              "box that the whole photo's look or the small-face look scored from "
+              f"{zoom['candidate_score']} up but under the threshold gets a window of "
               f"its own ({zoom['candidate_window']}x its side, at most {zoom['max_candidates']} a photo), where a "
               "face found on it counts; all faces meet in one NMS. "
               "'+ cat check' is what /detect answers: a face stays only when the breed classifier's cat output "
@@ -293,6 +315,8 @@ def write_card(results: dict, models_dir: Path) -> None:
                   "machine, the dark above a head), found by the whole photo's look and by the closer looks alike. "
                   "That column was added after the choice (the other columns re-measured identical); the windows' "
                   "cost in extra boxes was not weighed when they were chosen."]
+        if zoom.get("small_look"):
+            lines += ["", ONE_LOOK]
     oxford = results.get("oxford_cat_photos")
     if oxford:
         lines += [
