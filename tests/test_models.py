@@ -11,7 +11,7 @@ from PIL import Image
 
 from service.detection import iou
 from service.pipeline import load
-from service.runtime import ModelFileError, load_models
+from service.runtime import ModelFileError, load_models, small_look_entry
 from training import data
 from training.evaluate import boxes_found, kittens
 from training.train_detector import split_sources
@@ -174,6 +174,8 @@ def float_models(folder) -> object:
     manifest = json.loads(json.dumps(MANIFEST))
     for entry in manifest["models"]:
         shutil.copy(MODELS / entry["file"], folder)
+        if look := small_look_entry(entry):  # (a file of the detector's entry: its small-face look)
+            shutil.copy(MODELS / look["file"], folder)
         if entry["format"] == "onnx" and entry["weights"] == "int8":
             entry.update(entry.pop("float_reference"), weights="float32")
             shutil.copy(MODELS / entry["file"], folder)
