@@ -41,6 +41,12 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
+def bench_photos(data: Path) -> list[Image.Image]:
+    """The cost line's photos: the first 8 Crawford CAT_01 photos, at 640x480."""
+    paths = sorted(glob.glob(str(data / "crawford" / "CAT_01" / "*.jpg")))[:8]
+    return [Image.open(p).convert("RGB").resize((640, 480), Image.BILINEAR) for p in paths]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data")
@@ -51,8 +57,7 @@ def main():
     args = parser.parse_args()
 
     catface = load(args.models, args.threads)
-    paths = sorted(glob.glob(str(args.data / "crawford" / "CAT_01" / "*.jpg")))[:8]
-    photos = [Image.open(p).convert("RGB").resize((640, 480), Image.BILINEAR) for p in paths]
+    photos = bench_photos(args.data)
 
     print(f"{'model':<24}{'input':>10}{'MB':>8}{'batch 1 ms/img':>16}{'batch 8 ms/img':>16}")
     rows = []
@@ -121,8 +126,7 @@ def counting_rows(catface):
     """Counts the detector rows (the whole photo, tiles, windows, the small-face look: one row, of
     its larger side) catface runs inside the block: where the closer looks' cost goes. Yields a
     one-item list holding the count (reset it freely)."""
-    rows = [0]
-    detectors = list(getattr(catface, "detectors", {}).values()) or [catface.detector]
+    rows, detectors = [0], list(catface.detectors.values())
 
     def counting(run):
         def counted(batch):

@@ -15,10 +15,7 @@ as served):
 """
 from __future__ import annotations
 
-import argparse
 import datetime
-import glob
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -27,19 +24,14 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_models import against_baseline, median_ms  # noqa: E402
-from benchmarks.zoom_cost import measure  # noqa: E402
-from benchmarks.zoom_sizes import SidedDetector, detectors_at  # noqa: E402
+from benchmarks.zoom_sizes import SidedDetector, detectors_at, row_ms, run_study, study_args  # noqa: E402
 from service.contract import DETECTOR_INPUT  # noqa: E402
-from service.pipeline import CatFace, load, model_row  # noqa: E402
-from training.evaluate import boxes_found  # noqa: E402
-from training.select_zoom import photo_sets  # noqa: E402
+from service.pipeline import WHOLE_PHOTO, CatFace, load, model_row  # noqa: E402
 
 # (small-face look's side, no-face look's side or 0 = the served 2x2 tiles, 256-px rows in float32).
 # A 2x2 tile is 0.6 of the photo: the whole photo at 427 px sees faces as large.
 CANDIDATES = [(576, 0, False), (640, 0, False), (576, 448, False), (640, 448, False), (576, 448, True),
               (640, 448, True)]
-WHOLE = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
 
 
 class OneLook(CatFace):
@@ -59,7 +51,7 @@ class OneLook(CatFace):
     def zoom_windows(self, faces, image):
         windows, why = super().zoom_windows(faces, image)
         self._next = (self.sides[why] or DETECTOR_INPUT) if len(windows) else DETECTOR_INPUT
-        return (WHOLE if self._next != DETECTOR_INPUT else windows), why
+        return (WHOLE_PHOTO if self._next != DETECTOR_INPUT else windows), why
 
     def candidate_windows(self, candidates, faces, image):
         self._next = DETECTOR_INPUT
@@ -72,45 +64,20 @@ class OneLook(CatFace):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data")
-    parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "models")
-    parser.add_argument("--baseline", type=Path, default=None, help="a models folder for issue 12's cost line")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=30)
-    args = parser.parse_args()
+    args = study_args()
     report = {"date": datetime.date.today().isoformat(), "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         served = load(args.models, args.threads)
         sides = sorted({side for small, none, _ in CANDIDATES for side in (small, none) if side} | {DETECTOR_INPUT})
         others = detectors_at(served.detector, args.models, sides, args.threads, Path(tmp))
-        timing = {}
-        for name, side, model in [("256 served", DETECTOR_INPUT, served.detector),
-                                  *((f"{side} float32", side, model) for side, model in others.items())]:
-            one = np.random.default_rng(0).uniform(0, 255, (1, 3, side, side)).astype(np.float32)
-            timing[name] = {"weights": model.entry["weights"] if name == "256 served" else "float32",
-                            "batch1_ms": round(median_ms(lambda m=model, x=one: m.run(x), args.repeats), 2)}
-            print(name, timing[name], flush=True)
-        report["row_ms"] = timing
-        cats, dogs, oxford = photo_sets(args.data)
-        paths = sorted(glob.glob(str(args.data / "crawford" / "CAT_01" / "*.jpg")))[:8]
-        photos = [Image.open(p).convert("RGB").resize((640, 480), Image.BILINEAR) for p in paths]
-        baseline = load(args.baseline, args.threads) if args.baseline else None
-        rows = []
-        for small, none, float256 in CANDIDATES:
-            catface = OneLook(served.models, others, small, none, float256)
-            name = f"small {small} / none {none or 'tiles'} / 256 {'float32' if float256 else 'served'}"
-            row = {"small_look_side": small, "none_look_side": none, "float256": float256,
-                   **measure(catface, name, cats, dogs, oxford, boxes_found(catface))}
-            if baseline:
-                row["cost"] = against_baseline(catface, baseline, photos, args.repeats)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        report["candidates"] = rows
-    out = Path(__file__).resolve().parent / "results" / f"zoom-one-look-{report['date']}.json"
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
-
+        report["row_ms"] = row_ms([("256 served", DETECTOR_INPUT, served.detector),
+                                   *((f"{side} float32", side, model) for side, model in others.items())],
+                                  args.repeats, False)
+        run_study(args, report, ((
+            {"small_look_side": small, "none_look_side": none, "float256": float256},
+            f"small {small} / none {none or 'tiles'} / 256 {'float32' if float256 else 'served'}",
+            OneLook(served.models, others, small, none, float256)) for small, none, float256 in CANDIDATES),
+            "zoom-one-look")
 
 if __name__ == "__main__":
     main()

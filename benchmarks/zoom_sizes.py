@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import json
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_models import against_baseline, median_ms  # noqa: E402
+from benchmarks.bench_models import against_baseline, bench_photos, median_ms  # noqa: E402
 from benchmarks.zoom_cost import measure  # noqa: E402
 from service.contract import DETECTOR_INPUT  # noqa: E402
 from service.pipeline import CatFace, load, model_row  # noqa: E402
@@ -45,7 +44,7 @@ CANDIDATES = [(256, 256), (160, 128), (192, 128), (160, 256), (192, 256), (256, 
 
 def detectors_at(served: OnnxModel, models: Path, sides, threads: int, out: Path) -> dict[int, OnnxModel]:
     """The served catface's float file exported at each side, as OnnxModels."""
-    entry = {**served.entry, **served.entry.get("float_reference", {})}
+    entry = {**served.entry, **served.entry.get("float_reference", {}), "weights": "float32"}
     net = load_folded(CatFaceDetector(EfficientNetLite0("lite0"), DETECTOR_INPUT), models / entry["file"],
                       DETECTOR_INPUT).eval()
     sessions = {}
@@ -99,46 +98,60 @@ class SizedLooks(CatFace):
                          for win in windows])
 
 
-def main():
+def study_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data")
     parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     parser.add_argument("--baseline", type=Path, default=None, help="a models folder for issue 12's cost line")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def row_ms(named, repeats: int, batch9: bool) -> dict:
+    """Detector time per row of each (name, side, model): batch 1, and with batch9 a batch of 9."""
+    timing = {}
+    for name, side, model in named:
+        one = np.random.default_rng(0).uniform(0, 255, (1, 3, side, side)).astype(np.float32)
+        timing[name] = {"weights": model.entry["weights"],
+                        "batch1_ms": round(median_ms(lambda m=model, x=one: m.run(x), repeats), 2)}
+        if batch9:
+            nine = np.repeat(one, 9, 0)
+            timing[name]["batch9_ms_per_row"] = round(median_ms(lambda m=model, x=nine: m.run(x), repeats // 3) / 9, 2)
+        print(name, timing[name], flush=True)
+    return timing
+
+
+def run_study(args, report: dict, candidates, stem: str) -> None:
+    """Each candidate (its fields, name, CatFace): /detect's lines on select_zoom's training photos
+    and, with --baseline, issue 12's cost line; written to results/<stem>-<date>.json."""
+    cats, dogs, oxford = photo_sets(args.data)
+    photos = bench_photos(args.data)
+    baseline = load(args.baseline, args.threads) if args.baseline else None
+    rows = []
+    for fields, name, catface in candidates:
+        row = {**fields, **measure(catface, name, cats, dogs, oxford, boxes_found(catface))}
+        if baseline:
+            row["cost"] = against_baseline(catface, baseline, photos, args.repeats)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    report["candidates"] = rows
+    out = Path(__file__).resolve().parent / "results" / f"{stem}-{report['date']}.json"
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+def main():
+    args = study_args()
     report = {"date": datetime.date.today().isoformat(), "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         served = load(args.models, args.threads)
         others = detectors_at(served.detector, args.models, SIDES, args.threads, Path(tmp))
-        timing = {}
-        for side, model in [(DETECTOR_INPUT, served.detector), *others.items()]:
-            one = np.random.default_rng(0).uniform(0, 255, (1, 3, side, side)).astype(np.float32)
-            nine = np.repeat(one, 9, 0)
-            timing[str(side)] = {"weights": model.entry["weights"] if side == DETECTOR_INPUT else "float32",
-                                 "batch1_ms": round(median_ms(lambda m=model, x=one: m.run(x), args.repeats), 2),
-                                 "batch9_ms_per_row": round(
-                                     median_ms(lambda m=model, x=nine: m.run(x), args.repeats // 3) / 9, 2)}
-            print(side, timing[str(side)], flush=True)
-        report["row_ms"] = timing
-        cats, dogs, oxford = photo_sets(args.data)
-        paths = sorted(glob.glob(str(args.data / "crawford" / "CAT_01" / "*.jpg")))[:8]
-        photos = [Image.open(p).convert("RGB").resize((640, 480), Image.BILINEAR) for p in paths]
-        baseline = load(args.baseline, args.threads) if args.baseline else None
-        rows = []
-        for tiles, windows in CANDIDATES:
-            catface = SizedLooks(served.models, others, tiles, windows)
-            row = {"tiles": tiles, "windows": windows,
-                   **measure(catface, f"{tiles}/{windows}", cats, dogs, oxford, boxes_found(catface))}
-            if baseline:
-                row["cost"] = against_baseline(catface, baseline, photos, args.repeats)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        report["candidates"] = rows
-    out = Path(__file__).resolve().parent / "results" / f"zoom-sizes-{report['date']}.json"
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
-
+        report["row_ms"] = row_ms([(str(DETECTOR_INPUT), DETECTOR_INPUT, served.detector),
+                                   *((str(side), side, model) for side, model in others.items())], args.repeats, True)
+        run_study(args, report, (({"tiles": tiles, "windows": windows}, f"{tiles}/{windows}",
+                                   SizedLooks(served.models, others, tiles, windows)) for tiles, windows in CANDIDATES),
+                  "zoom-sizes")
 
 if __name__ == "__main__":
     main()

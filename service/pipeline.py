@@ -99,9 +99,11 @@ class CatFace:
         faces, candidates = self._split(seen, "photo" in z["candidates_from"])
         windows, why = self.zoom_windows(faces, image)
         if len(windows):
-            look = why == "small" and self.small_look is not None
-            scores, boxes = yield (model_row(image, self.small_look.input_size)[None] if look  # type: ignore[union-attr]
-                                   else self.tile_inputs(image, windows))
+            if why == "small" and self.small_look is not None:  # one look at the whole photo, not tiles
+                windows, rows = WHOLE_PHOTO, model_row(image, self.small_look.input_size)[None]
+            else:
+                rows = self.tile_inputs(image, windows)
+            scores, boxes = yield rows
             edge = z["edge_px"] / self.detector.input_size[0]
             tiles_seen = self._seen(windows, scores, boxes, z["candidate_score"], edge)
             more, more_candidates = self._split(tiles_seen, why in z["candidates_from"])
@@ -124,10 +126,8 @@ class CatFace:
         side = self.detector.input_size[0]
         sides = np.max(faces[:, 2:4] - faces[:, :2], axis=1) * side if len(faces) else np.zeros(0)
         grid = zoom_grid(sides, self.zoom["below_px"], self.zoom["grid_none"], self.zoom["grid_small"])
-        why = "small" if len(faces) else "none"
-        if grid and why == "small" and self.small_look is not None:
-            return WHOLE_PHOTO, why
-        return (tiles(grid, self.zoom["overlap"]) if grid else np.zeros((0, 4), np.float32)), why
+        return (tiles(grid, self.zoom["overlap"]) if grid else np.zeros((0, 4), np.float32)), (
+            "small" if len(faces) else "none")
 
     def candidate_windows(self, candidates: np.ndarray, faces: np.ndarray,
                           image: Image.Image) -> tuple[np.ndarray, np.ndarray]:

@@ -156,14 +156,13 @@ def zoom_entry() -> dict:
 def export_small_look(model: CatFaceDetector, out: Path) -> dict:
     """The detector's weights at the small-face look's side (float32: as fast as int8 on AVX2-only
     CPUs), for the zoom entry's small_look."""
-    size = model.input_size
+    size, path = model.input_size, out / f"catface.{ZOOM_SMALL_LOOK}.onnx"
     model.set_input_size(ZOOM_SMALL_LOOK)
     try:
-        export_onnx(model, ZOOM_SMALL_LOOK, ["scores", "boxes"], out / f"catface.{ZOOM_SMALL_LOOK}.onnx")
+        export_onnx(model, ZOOM_SMALL_LOOK, ["scores", "boxes"], path)
     finally:
         model.set_input_size(size)
-    return {"side": ZOOM_SMALL_LOOK, "max_batch": ZOOM_SMALL_LOOK_BATCH, "weights": "float32",
-            **file_facts(out / f"catface.{ZOOM_SMALL_LOOK}.onnx")}
+    return {"side": ZOOM_SMALL_LOOK, "max_batch": ZOOM_SMALL_LOOK_BATCH, "weights": "float32", **file_facts(path)}
 
 
 def add_small_look(out: Path) -> None:
