@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -39,6 +38,7 @@ from .middleware import RequestContext
 from .pipeline import CatFace
 from .pipeline import load as load_pipeline
 from .problems import PROBLEM_CONTENT, Problem, from_problem, problem_response
+from .room import Room
 from .runtime import ModelFileError
 from .schemas import LANDMARK_NAMES, BreedsResponse, DetectResponse, Health, ProblemDetails, breeds_response, face_out
 from .state import ServiceState, service_state
@@ -127,9 +127,8 @@ async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Aw
         if analyzer is None or not state.ready:  # (still served while draining: the balancer may lag)
             raise Problem(503, "not-ready", "the models are not loaded yet", headers=retry)
         data = await uploads.read_image(upload)
-        if not await _slot_frees(state, settings.max_inflight, settings.admission_wait_ms / 1000):
+        if not await _slot_frees(state.slots, settings.admission_wait_ms / 1000):
             raise Problem(503, "overloaded", f"{settings.max_inflight} requests are already in flight", headers=retry)
-        state.inflight += 1
         metrics.inflight.inc()
         try:
             deadline = loop.time() + settings.request_timeout_s
@@ -145,7 +144,7 @@ async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Aw
             upload.release()
             return photo, await _unless_gone(request, work(analyzer, photo, deadline), deadline, retry)
         finally:
-            state.inflight -= 1
+            state.slots.leave(1)
             metrics.inflight.dec()
     except Refused as exc:
         metrics.rejections.labels(exc.slug).inc()
@@ -157,14 +156,15 @@ async def _analyze(request: Request, work: Callable[[Analyzer, Photo, float], Aw
         upload.release()
 
 
-async def _slot_frees(state: ServiceState, limit: int, wait_s: float) -> bool:
-    """Whether an in-flight slot is free now or within `wait_s`: a burst of cheap requests (16
-    invalid uploads, refused in a few ms each) must not turn an honest one away with a 503."""
-    deadline = time.monotonic() + wait_s
-    while state.inflight >= limit:
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.005)
+async def _slot_frees(slots: Room, wait_s: float) -> bool:
+    """Whether an in-flight slot is free now or within `wait_s` (taken if so): a burst of cheap
+    requests (16 invalid uploads, refused in a few ms each) must not turn an honest one away with
+    a 503."""
+    try:
+        async with asyncio.timeout(wait_s):
+            await slots.enter(1)
+    except TimeoutError:
+        return False
     return True
 
 
@@ -319,7 +319,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_limits=uploads.UploadLimits(settings.max_body_bytes, settings.upload_timeout_s,
                                            settings.min_upload_rate, settings.upload_grace_s),
         upload_budget=uploads.UploadBudget(settings.max_upload_buffer_bytes),
-        decode_budget=imaging.DecodeBudget(settings.max_decode_bytes))
+        decode_budget=imaging.DecodeBudget(settings.max_decode_bytes), slots=Room(settings.max_inflight))
     app.state.service = state  # the one attribute on Starlette's state: read it with service_state()
     app.add_middleware(RequestContext, metrics=state.metrics)
     # Starlette types a handler as taking any Exception; it calls each one with its own class only.

@@ -44,6 +44,7 @@ import pillow_heif
 from PIL import Image, UnidentifiedImageError
 
 from .problems import Problem
+from .room import Room
 
 
 @dataclass(frozen=True)
@@ -203,31 +204,25 @@ class Header:
     max_pixels: int
 
 
-class DecodeBudget:
+class DecodeBudget(Room):
     """Bytes the decodes in progress may fill together (each its Header.needed), so that several
     large photos at once stay inside the container's memory: a decode waits for room (its
     request's deadline bounds the wait), and gives the bytes back when its thread is done, even
     after its request gave up, since until then the memory is in use. One decode larger than the
     whole budget was already refused (read_header's max_decode_bytes is the same number)."""
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.used = 0
-
     async def decode(self, header: Header, pool: Executor | None) -> Photo:
-        while self.used and self.used + header.needed > self.capacity:
-            await asyncio.sleep(0.005)
-        self.used += header.needed
+        await self.enter(header.needed)
         try:
             running = asyncio.get_running_loop().run_in_executor(pool, decode_pixels, header)
         except BaseException:  # (a pool already shut down): nothing runs, nothing to wait for
-            self.used -= header.needed
+            self.leave(header.needed)
             raise
         running.add_done_callback(partial(self._give, header.needed))
         return await asyncio.shield(running)
 
     def _give(self, n: int, done: asyncio.Future) -> None:
-        self.used -= n
+        self.leave(n)
         if not done.cancelled():
             done.exception()  # retrieved here: a request that gave up no longer awaits it
 

@@ -12,6 +12,7 @@ from .analysis import Analyzer
 from .config import Settings
 from .imaging import DecodeBudget
 from .metrics import Metrics
+from .room import Room
 from .uploads import UploadBudget, UploadLimits
 
 if TYPE_CHECKING:  # artifacts.py reads the state, so it is imported only for the annotation
@@ -25,9 +26,9 @@ class ServiceState:
     upload_limits: UploadLimits
     upload_budget: UploadBudget
     decode_budget: DecodeBudget
+    slots: Room  # the max_inflight analysis requests being served (decode + models)
     ready: bool = False  # models loaded and warmed up
     draining: bool = False  # SIGTERM received: /readyz says 503 while requests are still served
-    inflight: int = 0  # analysis requests holding one of the max_inflight slots
     analyzer: Analyzer | None = None  # from start-up on
     artifacts: Artifacts | None = None  # from start-up on
     pixels: ThreadPoolExecutor | None = None  # decoding and drawing threads, from start-up on
