@@ -11,14 +11,14 @@ class Room:
     """`capacity` units shared by everyone inside. `enter(n)` waits until n more fit, or until the
     room is empty: one share larger than the whole room still gets in, alone (a caller refuses
     such shares beforehand when it must). `leave(n)` gives them back and wakes the waiters, who
-    check again in the order they woke. Waiters are not queued: a small share can pass a large
-    one that does not fit yet. Wrap `enter` in a timeout to bound the wait; a waiter cancelled
+    check again in the order they began to wait (oldest first). Waiters are not a queue: a small
+    share can pass a large one that does not fit yet. Wrap `enter` in a timeout to bound the wait; a waiter cancelled
     there holds nothing. Single event loop, no threads: call `leave` from the loop."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.used = 0
-        self._waiting: set[asyncio.Future[None]] = set()
+        self._waiting: dict[asyncio.Future[None], None] = {}  # (a dict: ordered, oldest first)
 
     def fits(self, n: int) -> bool:
         return not self.used or self.used + n <= self.capacity
@@ -26,11 +26,11 @@ class Room:
     async def enter(self, n: int) -> None:
         while not self.fits(n):
             woken = asyncio.get_running_loop().create_future()
-            self._waiting.add(woken)
+            self._waiting[woken] = None
             try:
                 await woken
             finally:
-                self._waiting.discard(woken)
+                self._waiting.pop(woken, None)
         self.used += n
 
     def leave(self, n: int) -> None:

@@ -75,3 +75,24 @@ def test_many_waiters_sleep_until_woken():
         assert room.used == 1
 
     asyncio.run(main())
+
+
+def test_the_oldest_waiter_that_fits_gets_in_first():
+    async def main():
+        room, order = Room(1), []
+        await room.enter(1)
+
+        async def wait_for(name):
+            await room.enter(1)
+            order.append(name)
+
+        waiters = []
+        for name in "abc":
+            waiters.append(asyncio.ensure_future(wait_for(name)))
+            await asyncio.sleep(0)
+        for _ in waiters:
+            room.leave(1)
+            await asyncio.sleep(0.01)
+        assert order == ["a", "b", "c"]
+
+    asyncio.run(main())
