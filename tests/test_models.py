@@ -164,9 +164,10 @@ def test_manifest_describes_every_model_file():
         assert (MODELS / entry["file"]).stat().st_size == entry["bytes"]
         assert entry["weights"] in (("float32", "int8") if entry["format"] == "onnx" else ("float16", "float32"))
     for entry in onnx:  # an int8 file names the float export it was made from (the CoreML's reference)
-        if entry["weights"] == "int8":
-            reference = entry["float_reference"]
-            assert hashlib.sha256((MODELS / reference["file"]).read_bytes()).hexdigest() == reference["sha256"]
+        for file in [entry, *([entry["postprocess"]["zoom"]["small_look"]] if small_look_entry(entry) else [])]:
+            if file["weights"] == "int8":
+                reference = file["float_reference"]
+                assert hashlib.sha256((MODELS / reference["file"]).read_bytes()).hexdigest() == reference["sha256"]
 
 
 def float_models(folder) -> object:
@@ -174,11 +175,11 @@ def float_models(folder) -> object:
     manifest = json.loads(json.dumps(MANIFEST))
     for entry in manifest["models"]:
         shutil.copy(MODELS / entry["file"], folder)
-        if look := small_look_entry(entry):  # (a file of the detector's entry: its small-face look)
-            shutil.copy(MODELS / look["file"], folder)
-        if entry["format"] == "onnx" and entry["weights"] == "int8":
-            entry.update(entry.pop("float_reference"), weights="float32")
-            shutil.copy(MODELS / entry["file"], folder)
+        files = [entry, *([entry["postprocess"]["zoom"]["small_look"]] if small_look_entry(entry) else [])]
+        for file in files:  # (the detector's entry holds a second file: its small-face look)
+            if entry["format"] == "onnx" and file["weights"] == "int8":
+                file.update(file.pop("float_reference"), weights="float32")
+            shutil.copy(MODELS / file["file"], folder)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 

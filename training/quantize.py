@@ -37,7 +37,7 @@ from .train_detector import split_sources
 
 class Rows(CalibrationDataReader):
     def __init__(self, rows: list[np.ndarray]):
-        self.rows = iter([{"image": r[None].astype(np.float32)} for r in rows])
+        self.rows = ({"image": r[None].astype(np.float32)} for r in rows)  # (one at a time: large rows add up)
 
     def get_next(self):
         return next(self.rows, None)
@@ -75,12 +75,15 @@ def outside_backbone(model: Path) -> list[str]:
     return [n.name for n in onnx.load(str(model)).graph.node if "/_blocks." not in n.name]
 
 
-def quantize(source: Path, target: Path, rows: list[np.ndarray], backbone_only: bool) -> None:
+def quantize(source: Path, target: Path, rows: list[np.ndarray], backbone_only: bool,
+             reduce_range: bool = False) -> None:
+    """reduce_range: 7-bit weights, which the u8 x s8 kernels of AVX2-only CPUs sum without
+    saturating (measured, not shipped: they lost faces; benchmarks/int8_7bit.py)."""
     with tempfile.TemporaryDirectory() as work:
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # ONNX shape inference suffices
         quantize_static(str(prepared), str(target), Rows(rows), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        reduce_range=reduce_range, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         nodes_to_exclude=outside_backbone(prepared) if backbone_only else [])
 
 
