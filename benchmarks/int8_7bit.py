@@ -28,7 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.zoom_sizes import row_ms, run_study, study_args  # noqa: E402
+from benchmarks.zoom_sizes import WITHIN_ONE_PHOTO, row_ms, run_study, study_args  # noqa: E402
 from service.pipeline import load, model_row  # noqa: E402
 from training.export import file_facts  # noqa: E402
 from training.quantize import calibration_rows, quantize  # noqa: E402
@@ -76,10 +76,7 @@ def candidate_folder(models: Path, made: dict[str, dict], files: Path, whole: bo
 def main():
     args = study_args()
     report = {"date": datetime.date.today().isoformat(), "threads": args.threads,
-              "rule_set_beforehand": "A candidate goes to validation only if every training-photo line stays within "
-                                     "one photo of the served files' (Crawford recall and precision, small-face "
-                                     "recall, false faces on dogs, Oxford photos with a face, no photo with two "
-                                     "boxes on one face) and its cost line is <= 1.5x."}
+              "rule_set_beforehand": WITHIN_ONE_PHOTO}
     with tempfile.TemporaryDirectory() as tmp:
         made = seven_bit_files(args.models, args.data, Path(tmp))
         report["files"] = made

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.zoom_sizes import run_study, study_args  # noqa: E402
+from benchmarks.zoom_sizes import WITHIN_ONE_PHOTO, run_study, study_args  # noqa: E402
 from service.detection import around  # noqa: E402
 from service.pipeline import CatFace, load  # noqa: E402
 
@@ -71,11 +71,7 @@ class CloserWindows(CatFace):
 def main():
     args = study_args()
     report = {"date": datetime.date.today().isoformat(), "threads": args.threads,
-              "rule_set_beforehand": "A rule goes to validation only if every training-photo line stays within one "
-                                     "photo of the served rule's, measured in the same run (Crawford recall and "
-                                     "precision, small-face recall, false faces on dogs, Oxford photos with a face, "
-                                     "no photo with two boxes on one face), and its cost line is <= 1.5x; of two "
-                                     "that pass, the cheaper."}
+              "rule_set_beforehand": WITHIN_ONE_PHOTO + " Of two that pass, the cheaper."}
     served = load(args.models, args.threads)
     run_study(args, report, (({"rule": rule}, rule, CloserWindows(served.models, rule)) for rule in RULES),
               "zoom-closer-windows")
