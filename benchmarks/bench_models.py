@@ -126,7 +126,7 @@ def counting_rows(catface):
     """Counts the detector rows (the whole photo, tiles, windows, the small-face look: one row, of
     its larger side) catface runs inside the block: where the closer looks' cost goes. Yields a
     one-item list holding the count (reset it freely)."""
-    rows, detectors = [0], list(catface.detectors.values())
+    rows, detectors = [0], list(catface.detectors)
 
     def counting(run):
         def counted(batch):

@@ -84,8 +84,9 @@ def main():
                                                                     Path(tmp) / name.replace(" ", "-"))
                                              for name, (whole, look) in CANDIDATES.items()}}
         catfaces = {name: load(folder, args.threads) for name, folder in folders.items()}
-        report["row_ms"] = row_ms([(f"{name} {side[0]}", side[0], model) for name, catface in catfaces.items()
-                                   for side, model in sorted(catface.detectors.items())], args.repeats, False)
+        report["row_ms"] = row_ms([(f"{name} {model.input_size[0]}", model.input_size[0], model)
+                                   for name, catface in catfaces.items() for model in catface.detectors],
+                                  args.repeats, False)
         run_study(args, report, (({"files": name}, name, catface) for name, catface in catfaces.items()), "int8-7bit")
 
 if __name__ == "__main__":

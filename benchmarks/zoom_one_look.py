@@ -41,7 +41,7 @@ class OneLook(CatFace):
     def __init__(self, models, others, small: int, none: int = 0, float256: bool = False):
         super().__init__(models)
         self.detector = SidedDetector(models["catface"], others, float256)
-        self.detectors = {self.detector.input_size: self.detector}
+        self.detectors = [self.detector]
         self.small_look = None  # (the study's own looks at its sides; the served one is what it chose)
         self.sides, self._next = {"small": small, "none": none}, DETECTOR_INPUT
 

@@ -77,7 +77,7 @@ class SizedLooks(CatFace):
     def __init__(self, models, others: dict[int, OnnxModel], tiles: int, windows: int):
         super().__init__(models)
         self.detector = SidedDetector(models["catface"], others)
-        self.detectors = {self.detector.input_size: self.detector}
+        self.detectors = [self.detector]
         self.small_look = None  # (the tiles this study sizes, not the served one-look)
         self.sides, self._next = {"tiles": tiles, "windows": windows}, DETECTOR_INPUT
 

@@ -35,15 +35,20 @@ MAX_FACES = 20  # the best MAX_FACES faces after NMS are kept
 # photo, best first: a bound on the work one photo can ask for. The no-face tiles give no
 # candidates: on training dog photos they raised the false faces.
 # Chosen on training-split photos (the model card has the numbers), never on validation.
-# The small-face look is served as ONE look at the whole photo at ZOOM_SMALL_LOOK px instead of its
-# tiles: the magnification a tile had (DETECTOR_INPUT / ((1 + ZOOM_OVERLAP) / ZOOM_GRID_SMALL)), in
-# 6.25 rows' worth of pixels where the overlapping tiles took 9 (issue 12's cost; on training photos
-# it found the same faces: benchmarks/results/zoom-one-look-2026-12-04.json). One row of it holds
-# about 84 MiB of activations, so the server runs it one photo at a time (ZOOM_SMALL_LOOK_BATCH).
+# The small-face look is served as ONE look at the whole photo instead of its tiles, its longer side
+# ZOOM_SMALL_LOOK px: the magnification a tile had along that side (DETECTOR_INPUT / ((1 + ZOOM_OVERLAP)
+# / ZOOM_GRID_SMALL)), in 6.25 rows' worth of pixels where the overlapping tiles took 9 (issue 12's
+# cost; on training photos it found the same faces: benchmarks/results/zoom-one-look-2026-12-04.json).
+# Its shorter side keeps the photo's aspect ratio, rounded to a multiple of ZOOM_SMALL_LOOK_MULTIPLE
+# (the detector's largest stride): a 4:3 photo's look is 640 x 480, 0.75 of the square's work, and
+# on training photos it lost no face (benchmarks/results/zoom-aspect-look-2026-12-04.json). One row
+# holds up to about 84 MiB of activations, so the server runs it one photo at a time
+# (ZOOM_SMALL_LOOK_BATCH).
 ZOOM_BELOW = 48
 ZOOM_GRID_NONE = 2
 ZOOM_GRID_SMALL = 3
 ZOOM_SMALL_LOOK = 640
+ZOOM_SMALL_LOOK_MULTIPLE = 32
 ZOOM_SMALL_LOOK_BATCH = 1
 ZOOM_OVERLAP = 0.2
 ZOOM_EDGE = 2

@@ -1,7 +1,7 @@
 """Post-processing of the catface detector's outputs: score threshold, then non-maximum
-suppression with a containment rule, and the geometry of the closer second look over tiles
-(contract.ZOOM_*). Shared by the server and by training's evaluation so both count the same
-faces."""
+suppression with a containment rule, and the geometry of the closer looks (contract.ZOOM_*: the
+tiles, the small-face look's input size, the candidate windows). Shared by the server and by
+training's evaluation so both count the same faces."""
 from __future__ import annotations
 
 import numpy as np
@@ -60,6 +60,13 @@ def zoom_grid(face_sides: np.ndarray, below: float, grid_none: int, grid_small: 
     if len(face_sides) == 0:
         return grid_none
     return grid_small if float(np.min(face_sides)) < below else 0
+
+
+def small_look_size(width: int, height: int, side: int, multiple: int) -> tuple[int, int]:
+    """(height, width) of the small-face look's input for a width x height photo: the longer side
+    `side` px, the shorter at the photo's aspect ratio, rounded to a multiple of `multiple`."""
+    short = max(multiple, round(side * min(width, height) / max(width, height) / multiple) * multiple)
+    return (short, side) if width >= height else (side, short)
 
 
 def tiles(grid: int, overlap: float) -> np.ndarray:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from . import geometry
 from .contract import BREED_CROP_SCALE
-from .detection import around, from_tile, iou, nms, select_faces, tiles, zoom_grid
+from .detection import around, from_tile, iou, nms, select_faces, small_look_size, tiles, zoom_grid
 from .geometry import to_chw
 from .runtime import DEFAULT_MODELS_DIR, SMALL_LOOK, OnnxModel, load_models
 
@@ -64,7 +64,7 @@ class CatFace:
         self.zoom = post.get("zoom")  # a manifest without it (catface 1.0.0's): no second look
         # the small-face look: the whole photo at a larger side, in place of the small-face tiles
         self.small_look: OnnxModel | None = models.get(SMALL_LOOK)
-        self.detectors = {m.input_size: m for m in (self.detector, self.small_look) if m is not None}
+        self.detectors = [m for m in (self.detector, self.small_look) if m is not None]  # every detector file
         self.crop_scale = self.landmarker.entry["inputs"][0]["crop"]["scale"]
         self.breed_labels = self.classifier.entry["labels"]
         self.breed_threshold = self.classifier.entry["report_threshold"]
@@ -100,7 +100,7 @@ class CatFace:
         windows, why = self.zoom_windows(faces, image)
         if len(windows):
             if why == "small" and self.small_look is not None:  # one look at the whole photo, not tiles
-                windows, rows = WHOLE_PHOTO, model_row(image, self.small_look.input_size)[None]
+                windows, rows = WHOLE_PHOTO, self.small_look_row(image)
             else:
                 rows = self.tile_inputs(image, windows)
             scores, boxes = yield rows
@@ -129,6 +129,12 @@ class CatFace:
         return (tiles(grid, self.zoom["overlap"]) if grid else np.zeros((0, 4), np.float32)), (
             "small" if len(faces) else "none")
 
+    def small_look_row(self, image: Image.Image) -> np.ndarray:
+        """The small-face look's detector row: the whole photo, its longer side at the look's side,
+        its aspect ratio kept (detection.small_look_size)."""
+        look = self.zoom["small_look"]
+        return model_row(image, small_look_size(*image.size, look["side"], look["multiple"]))[None]
+
     def candidate_windows(self, candidates: np.ndarray, faces: np.ndarray,
                           image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
         """A window of its own (normalised) around each half-seen box that no face covers (the
@@ -140,8 +146,11 @@ class CatFace:
         return around(chosen[:, :4] * [w, h, w, h], self.zoom["candidate_window"], w, h), chosen
 
     def detector_for(self, rows: np.ndarray) -> OnnxModel:
-        """The detector file that runs these rows: the one whose input side they have."""
-        return self.detectors[tuple(rows.shape[2:4])]
+        """The detector file that runs these rows: the served side's, or else the small-face look's
+        (any size: the photo's aspect ratio)."""
+        if tuple(rows.shape[2:4]) == self.detector.input_size or self.small_look is None:
+            return self.detector
+        return self.small_look
 
     def tile_inputs(self, image: Image.Image, windows: np.ndarray) -> np.ndarray:
         """Detector rows of windows (normalised) of the photo; outside it is black."""
@@ -236,7 +245,8 @@ class CatFace:
     # ---- synchronous batch API ---------------------------------------------------------------
     def faces(self, images: list[Image.Image], zoom: bool = True) -> list[list[Face]]:
         """The detector's faces in each photo, best first (face_looks), the photos' looks run
-        together: each round, one call of each detector file for the photos whose next look it runs."""
+        together: each round, one call for the photos whose next looks share an input shape (at
+        most the detector file's rows_per_call rows a call)."""
         looks = [self.face_looks(image, zoom) for image in images]
         found: list[list[Face]] = [[] for _ in images]
         outputs: dict[int, tuple[np.ndarray, np.ndarray] | None] = {n: None for n in range(len(images))}
@@ -249,14 +259,19 @@ class CatFace:
                 else:
                     rows[n] = x
             outputs = {}
-            for detector in self.detectors.values():
-                mine = {n: x for n, x in rows.items() if self.detector_for(x) is detector}
-                if mine:
-                    scores, boxes = detector.run(np.concatenate(list(mine.values())))
-                    start = 0
-                    for n, x in mine.items():
-                        outputs[n] = (scores[start:start + len(x)], boxes[start:start + len(x)])
-                        start += len(x)
+            shapes: dict[tuple[int, ...], dict[int, np.ndarray]] = {}
+            for n, x in rows.items():  # (the small-face look's rows differ in shape from photo to photo)
+                shapes.setdefault(x.shape[1:], {})[n] = x
+            for mine in shapes.values():
+                batch = np.concatenate(list(mine.values()))
+                detector = self.detector_for(batch)
+                step = detector.rows_per_call(len(batch))
+                parts = [detector.run(batch[i:i + step]) for i in range(0, len(batch), step)]
+                scores, boxes = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
+                start = 0
+                for n, x in mine.items():
+                    outputs[n] = (scores[start:start + len(x)], boxes[start:start + len(x)])
+                    start += len(x)
         return found
 
     def detect(self, images: list[Image.Image], breeds: bool = True, zoom: bool = True) -> list[list[Face]]:

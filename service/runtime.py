@@ -86,8 +86,9 @@ class OnnxModel:
 
 
 def small_look_entry(entry: dict) -> dict | None:
-    """The detector's small-face look (postprocess.zoom.small_look: the same weights at a larger
-    side, in a file of its own) as a model entry of its own, named SMALL_LOOK; None for other models."""
+    """The detector's small-face look (postprocess.zoom.small_look: the same weights at any input
+    size, in a file of its own) as a model entry of its own, named SMALL_LOOK; None for other models.
+    Its input shape is its largest, side x side (a square photo's): what warm-up runs."""
     look = entry.get("postprocess", {}).get("zoom", {}).get("small_look")
     if not look or "file" not in look:
         return None

@@ -44,6 +44,8 @@ def test_detector_entries_carry_the_contract(entry):
         assert zoom["small_look"]["side"] == contract.ZOOM_SMALL_LOOK == round(
             contract.DETECTOR_INPUT * contract.ZOOM_GRID_SMALL / (1 + contract.ZOOM_OVERLAP))
         assert zoom["small_look"]["max_batch"] == contract.ZOOM_SMALL_LOOK_BATCH
+        assert zoom["small_look"]["multiple"] == contract.ZOOM_SMALL_LOOK_MULTIPLE == max(
+            level["stride"] for level in entry["anchors"]["levels"])  # (static "same" padding at every level)
     defaults = {i["name"]: i["default"] for i in entry["inputs"] if "default" in i}  # CoreML's NMS inputs
     assert defaults in ({}, {"iouThreshold": contract.IOU_THRESHOLD, "confidenceThreshold": contract.SCORE_THRESHOLD})
 

@@ -20,7 +20,7 @@ from service.contract import (
     ZOOM_OVERLAP,
     ZOOM_SMALL_LOOK,
 )
-from service.detection import around, from_tile, select_faces, tiles, zoom_grid
+from service.detection import around, from_tile, select_faces, small_look_size, tiles, zoom_grid
 from service.pipeline import CatFace
 from service.runtime import SMALL_LOOK, read_manifest, small_look_entry
 
@@ -98,19 +98,19 @@ def test_a_half_seen_box_gets_a_square_window_around_it_that_may_reach_past_the_
 def looks_of(outputs: list[tuple[list, list]]) -> tuple[list[int], list, list[int]]:
     """Run CatFace.face_looks on an 800x600 photo with the shipped post-processing, answering each
     look with the given (scores, boxes) of its windows; the rows each look asked for, the faces,
-    and each look's input side."""
+    and each look's input (height, width)."""
     entries = [e for e in read_manifest(MODELS)["models"] if e["format"] == "onnx"]
     entries += [look for e in entries if (look := small_look_entry(e))]
     models = {e["name"]: SimpleNamespace(entry=e, input_size=tuple(e["inputs"][0]["shape"][2:4]), name=e["name"])
               for e in entries}
     looks = CatFace(models).face_looks(Image.new("RGB", (800, 600)))
     rows = next(looks)
-    asked, sides = [len(rows)], [rows.shape[-1]]
+    asked, sides = [len(rows)], [rows.shape[2:4]]
     for scores, boxes in outputs:
         try:
             rows = looks.send((np.array(scores, np.float32), np.array(boxes, np.float32)))
             asked.append(len(rows))
-            sides.append(rows.shape[-1])
+            sides.append(rows.shape[2:4])
         except StopIteration as done:
             return asked, done.value, sides
     raise AssertionError("the looks wanted more")
@@ -142,12 +142,20 @@ def test_no_face_in_the_photo_brings_the_no_face_tiles_and_their_faces():
     assert np.allclose(faces[0].box, [0.24 * 800, 0.24 * 600, 0.36 * 800, 0.36 * 600])  # tile 0 is 0.6 wide
 
 
-def test_a_small_face_brings_one_look_at_the_whole_photo_at_the_small_looks_side():
+def test_a_small_face_brings_one_look_at_the_whole_photo_its_longer_side_at_the_small_looks_side():
     small_face = [0.1, 0.1, 0.2, 0.2]  # 26 px at the input: under ZOOM_BELOW
     asked, faces, sides = looks_of([([[0.9]], [[small_face]]),
                                     ([[0.9, 0.8]], [[small_face, [0.5, 0.5, 0.55, 0.55]]])])  # one more
-    assert asked == [1, 1] and sides == [256, ZOOM_SMALL_LOOK]
+    assert asked == [1, 1] and sides == [(256, 256), (480, ZOOM_SMALL_LOOK)]  # the 800x600 photo's 4:3 kept
     assert len(faces) == 2 and np.allclose(faces[1].box, [400, 300, 440, 330])
+
+
+def test_the_small_look_keeps_the_photos_aspect_ratio_in_multiples_of_the_largest_stride():
+    assert small_look_size(800, 600, 640, 32) == (480, 640)
+    assert small_look_size(600, 800, 640, 32) == (640, 480)
+    assert small_look_size(500, 500, 640, 32) == (640, 640)
+    assert small_look_size(1920, 1080, 640, 32) == (352, 640)  # 360 rounded to a multiple of 32
+    assert small_look_size(4000, 100, 640, 32) == (32, 640)  # never under one multiple
 
 
 def test_the_small_look_is_its_own_model_that_the_drivers_pick_by_its_rows_side():
@@ -158,4 +166,5 @@ def test_the_small_look_is_its_own_model_that_the_drivers_pick_by_its_rows_side(
     catface = CatFace(models)
     assert catface.detector_for(np.zeros((1, 3, 256, 256))).name == "catface"
     assert catface.detector_for(np.zeros((1, 3, ZOOM_SMALL_LOOK, ZOOM_SMALL_LOOK))).name == SMALL_LOOK
+    assert catface.detector_for(np.zeros((1, 3, 480, ZOOM_SMALL_LOOK))).name == SMALL_LOOK
     assert look["max_batch"] == 1 and look["weights"] == "float32"

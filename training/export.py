@@ -37,10 +37,11 @@ from service.contract import (
     ZOOM_OVERLAP,
     ZOOM_SMALL_LOOK,
     ZOOM_SMALL_LOOK_BATCH,
+    ZOOM_SMALL_LOOK_MULTIPLE,
 )
 
 from . import data
-from .nets import CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
+from .nets import AnySizeDetector, CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
 
 # Per model: a retrained model gets a new version (the manifest says which one is shipped).
 VERSIONS = {"catface": "2.0.0", "catlandmarks": "1.0.0", "catbreeds": "2.2.0"}
@@ -136,14 +137,17 @@ def zoom_entry() -> dict:
             "overlap": ZOOM_OVERLAP, "edge_px": ZOOM_EDGE, "candidate_score": ZOOM_CANDIDATE_SCORE,
             "candidate_window": ZOOM_CANDIDATE_WINDOW, "max_candidates": ZOOM_MAX_CANDIDATES,
             "candidates_from": list(ZOOM_CANDIDATES_FROM),
-            "small_look": {"side": ZOOM_SMALL_LOOK, "max_batch": ZOOM_SMALL_LOOK_BATCH},
+            "small_look": {"side": ZOOM_SMALL_LOOK, "multiple": ZOOM_SMALL_LOOK_MULTIPLE,
+                           "max_batch": ZOOM_SMALL_LOOK_BATCH},
             "method": "closer looks after the whole photo's: (1) when it keeps no face, tiles of grid_none x grid_none "
                       "('none'): windows (1 + overlap) / grid of the photo's width and height, evenly spaced from "
                       "edge to edge, row-major, each stretched to the input and post-processed as above; a "
                       "window's box within edge_px (at the input) of an edge shared with another window goes. When "
                       "it keeps a face whose longer side is under below_px at the input ('small'): the whole photo "
-                      "stretched to small_look.side square, through small_look.file (the same weights at that "
-                      "side: the magnification grid_small x grid_small such tiles had), post-processed as above. "
+                      "resized to small_look.side px on its longer side and its aspect ratio on the other, rounded "
+                      "to a multiple of small_look.multiple, through small_look.file (the same weights, any input "
+                      "size: the magnification grid_small x grid_small such tiles had along the longer side), "
+                      "post-processed as above. "
                       "(2) Boxes scored from candidate_score up but under "
                       "score_threshold by the looks named in candidates_from ('photo', 'small'), after one NMS "
                       "with the faces and away from them (IoU <= iou_threshold, containment under "
@@ -154,15 +158,20 @@ def zoom_entry() -> dict:
 
 
 def export_small_look(model: CatFaceDetector, out: Path) -> dict:
-    """The detector's weights at the small-face look's side (float32: as fast as int8 on AVX2-only
-    CPUs), for the zoom entry's small_look."""
-    size, path = model.input_size, out / f"catface.{ZOOM_SMALL_LOOK}.onnx"
-    model.set_input_size(ZOOM_SMALL_LOOK)
-    try:
-        export_onnx(model, ZOOM_SMALL_LOOK, ["scores", "boxes"], path)
-    finally:
-        model.set_input_size(size)
-    return {"side": ZOOM_SMALL_LOOK, "max_batch": ZOOM_SMALL_LOOK_BATCH, "weights": "float32", **file_facts(path)}
+    """The detector's weights for the small-face look (float32: as fast as int8 on AVX2-only CPUs),
+    at any input height and width (nets.AnySizeDetector), for the zoom entry's small_look; checked
+    against the torch model at the square side and at a 4:3 one."""
+    path = out / f"catface.{ZOOM_SMALL_LOOK}.onnx"
+    look = AnySizeDetector(model).eval()
+    example = torch.rand(1, 3, ZOOM_SMALL_LOOK * 3 // 4, ZOOM_SMALL_LOOK) * 255
+    torch.onnx.export(look, (example,), str(path), input_names=["image"], output_names=["scores", "boxes"],
+                      dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                    "scores": {0: "batch", 1: "anchors"}, "boxes": {0: "batch", 1: "anchors"}},
+                      opset_version=OPSET, dynamo=False)
+    for shape in [(2, 3, ZOOM_SMALL_LOOK, ZOOM_SMALL_LOOK), (1, 3, ZOOM_SMALL_LOOK, ZOOM_SMALL_LOOK * 3 // 4)]:
+        assert_same_outputs(look, path, torch.rand(*shape) * 255)
+    return {"side": ZOOM_SMALL_LOOK, "multiple": ZOOM_SMALL_LOOK_MULTIPLE, "max_batch": ZOOM_SMALL_LOOK_BATCH,
+            "weights": "float32", **file_facts(path)}
 
 
 def add_small_look(out: Path) -> None:

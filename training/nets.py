@@ -179,13 +179,9 @@ class CatFaceDetector(nn.Module):
         """The net is fully convolutional; only the anchor grids depend on the input side
         (training runs at one size, validation and serving at another)."""
         self.input_size = input_size
-        centres, strides = [], []
-        for stride, grid in zip(self.STRIDES, self.grids(input_size)):
-            ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-            centres.append(torch.stack([xs, ys], -1).reshape(-1, 2).float().add(0.5).div(grid))
-            strides.append(torch.full((grid * grid, 1), float(stride)))
-        self.register_buffer("anchors", torch.cat(centres), persistent=False)  # (A, 2), normalised
-        self.register_buffer("anchor_strides", torch.cat(strides), persistent=False)  # (A, 1), pixels
+        centres, scales = anchor_grid(input_size, input_size, self.STRIDES)
+        self.register_buffer("anchors", centres, persistent=False)  # (A, 2), normalised
+        self.register_buffer("anchor_scales", scales, persistent=False)  # (A, 2): stride / input width, height
 
     def raw(self, pixels):
         """Logits and ltrb distances in units of the stride (log space), for the loss."""
@@ -200,16 +196,48 @@ class CatFaceDetector(nn.Module):
             ltrb.append(self.ltrb(x).permute(0, 2, 3, 1).reshape(n, -1, 4))
         return torch.cat(logits, 1), torch.cat(ltrb, 1)
 
-    def decode(self, ltrb):
+    def decode(self, ltrb, anchors=None, scales=None):
         """Raw ltrb (log distances in strides) -> boxes x_min, y_min, x_max, y_max normalised to
-        the input: the one decoding, used by the exported graph and by the training loss."""
-        dist = torch.exp(ltrb.clamp(max=6.0)) * (self.anchor_strides / self.input_size)
-        centre = self.anchors.unsqueeze(0)
+        the input: the one decoding, used by the exported graphs and by the training loss. The
+        anchors are the square input's (set_input_size) unless given (AnySizeDetector)."""
+        anchors = self.anchors if anchors is None else anchors
+        scales = self.anchor_scales if scales is None else scales
+        dist = torch.exp(ltrb.clamp(max=6.0)) * scales.repeat(1, 2)
+        centre = anchors.unsqueeze(0)
         return torch.cat([centre - dist[..., :2], centre + dist[..., 2:]], -1)
 
     def forward(self, pixels):
         logits, ltrb = self.raw(pixels)
         return torch.sigmoid(logits), self.decode(ltrb)
+
+
+def anchor_grid(height, width, strides) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every level's cell centres (A, 2), normalised to the input (levels in order, each
+    row-major), and each cell's stride over the input's width and height (A, 2). Plain torch on
+    the sizes, so a traced export with a dynamic height and width computes them in the graph."""
+    centres, scales = [], []
+    for stride in strides:
+        rows, cols = height // stride, width // stride
+        ys, xs = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        centres.append(torch.stack([(xs + 0.5) / cols, (ys + 0.5) / rows], -1).reshape(-1, 2).float())
+        ones = torch.ones_like(xs, dtype=torch.float32)
+        scales.append(torch.stack([ones * stride / width, ones * stride / height], -1).reshape(-1, 2))
+    return torch.cat(centres), torch.cat(scales)
+
+
+class AnySizeDetector(nn.Module):
+    """A CatFaceDetector at any height x width (multiples of its largest stride: static "same"
+    padding), the anchors made from the input's shape: the served small-face look's file, whose
+    input keeps the photo's aspect ratio (contract.ZOOM_SMALL_LOOK)."""
+
+    def __init__(self, detector: CatFaceDetector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, pixels):
+        logits, ltrb = self.detector.raw(pixels)
+        anchors, scales = anchor_grid(pixels.shape[2], pixels.shape[3], self.detector.STRIDES)
+        return torch.sigmoid(logits), self.detector.decode(ltrb, anchors, scales)
 
 
 class CatLandmarker(nn.Module):
