@@ -163,15 +163,25 @@ class Batcher:
         return live
 
     def _take(self) -> list[_Item]:
-        """Items from the front, up to max_batch_size rows; an item is never shared out between
-        batches, so one larger than the limit (a photo with many faces) runs alone (in slices:
+        """Items from the front, up to max_batch_size rows, all of the first item's row shape (a
+        model with a dynamic input size: photos at their own aspect ratio); items of other shapes
+        keep their places for the next batches. An item is never shared out between batches, so
+        one larger than the limit (a photo with many faces) runs alone (in slices:
         _run_in_slices)."""
         batch: list[_Item] = []
+        others: list[_Item] = []
         rows = 0
-        while self._items and (not batch or rows + len(self._items[0].rows) <= self.max_batch_size):
+        shape = self._items[0].rows.shape[1:] if self._items else None
+        while self._items:
+            if self._items[0].rows.shape[1:] != shape:
+                others.append(self._items.popleft())
+                continue
+            if batch and rows + len(self._items[0].rows) > self.max_batch_size:
+                break
             item = self._items.popleft()
             batch.append(item)
             rows += len(item.rows)
+        self._items.extendleft(reversed(others))
         self._observer.queue_depth(len(self._items))
         return batch
 

@@ -117,6 +117,30 @@ def test_an_item_larger_than_the_batch_runs_alone_in_slices_and_comes_back_whole
     assert recorder.sizes == [9, 1], "the big item was one batch, the next caller's another"
 
 
+def test_rows_of_different_shapes_never_share_a_batch_and_keep_their_order():
+    # A model with a dynamic input size (photos at their own aspect ratio) gets one shape a call.
+    class AnyWidth(list):  # y = 2x, z = x + 1 for any row width (the tiny graph's width is fixed)
+        def __call__(self, batch):
+            self.append(batch.copy())
+            return [batch * 2, batch + 1]
+
+    async def scenario():
+        model = AnyWidth()
+        batcher, _ = make(model, max_batch_size=8, max_wait_s=0.05)
+        batcher.start()
+        wide = lambda tag: np.concatenate([rows(tag), rows(tag)], axis=1)  # noqa: E731
+        items = [rows(0), wide(1), rows(2), wide(3), rows(4)]
+        results = await asyncio.gather(*(batcher.submit(x) for x in items))
+        await batcher.close()
+        return model, items, results
+
+    model, items, results = asyncio.run(scenario())
+    for x, (y, z) in zip(items, results):
+        assert np.array_equal(y, x * 2) and np.array_equal(z, x + 1)
+    assert sorted(b.shape[1] for b in model) == [2, 4]  # one batch of each shape
+    assert [list(b[:, 0]) for b in model] == [[0, 2, 4], [1, 3]]
+
+
 def test_wait_is_counted_from_the_oldest_item():
     async def scenario():
         model = Model()
