@@ -6,8 +6,9 @@ every photo, as the small-face look now does at 640 (zoom_aspect_look.py). The s
 int8, so the candidate is too: the served float weights at any input size (nets.AnySizeDetector),
 quantized as training.quantize does, calibrated on the same training photos at their own ratio.
 The closer looks' rows (the no-face tiles, at the photo's ratio too; the square windows at 256 x
-256, the served file; the small-face look) and every rule stay as served: a face's size "at the
-input" is still its longer side x 256.
+256, through the served file, or with "one file" through the any-size int8 file as it would ship;
+the small-face look) and every rule stay as served: a face's size "at the input" is still its
+longer side x 256.
 
 /detect's lines on select_zoom's TRAINING photos (zoom_cost.measure) and, with --baseline, issue
 12's cost line, against the served looks in one run.
@@ -60,9 +61,9 @@ def any_size_int8(served: OnnxModel, models: Path, data_dir: Path, threads: int,
 class AspectWhole(CatFace):
     """CatFace whose whole-photo look (and no-face tiles) keep the photo's aspect ratio."""
 
-    def __init__(self, models, anysize: OnnxModel):
+    def __init__(self, models, anysize: OnnxModel, served_windows: bool = True):
         super().__init__(models)
-        self.anysize, self._square = anysize, False
+        self.anysize, self._square, self.served_windows = anysize, False, served_windows
         self.detectors = [*self.detectors, anysize]  # (counted by bench_models.counting_rows)
 
     def detector_input(self, image: Image.Image) -> np.ndarray:
@@ -71,7 +72,7 @@ class AspectWhole(CatFace):
     def tile_inputs(self, image: Image.Image, windows: np.ndarray) -> np.ndarray:
         w, h = image.size
         crops = [image.crop(tuple(np.round(win * [w, h, w, h]).astype(int))) for win in windows]
-        if self._square:  # candidate windows: square crops, the served 256 x 256 rows
+        if self._square and self.served_windows:  # candidate windows: square crops, the served 256 x 256 rows
             return np.stack([model_row(c, self.detector.input_size) for c in crops])
         return np.stack([aspect_row(c) for c in crops])  # tiles: at the photo's ratio
 
@@ -88,7 +89,9 @@ class AspectWhole(CatFace):
     def detector_for(self, rows):
         if self.small_look is not None and max(rows.shape[2:4]) > DETECTOR_INPUT:
             return self.small_look
-        return self.detector if tuple(rows.shape[2:4]) == self.detector.input_size else self.anysize
+        if self.served_windows and tuple(rows.shape[2:4]) == self.detector.input_size:
+            return self.detector
+        return self.anysize
 
 
 def main():
@@ -100,7 +103,10 @@ def main():
         anysize = any_size_int8(served.detector, args.models, args.data, args.threads, Path(tmp))
         run_study(args, report, [({"whole_look": "256 x 256"}, "served", served),
                                  ({"whole_look": "longer side 256, the photo's ratio"}, "aspect whole",
-                                  AspectWhole(served.models, anysize))], "zoom-aspect-whole")
+                                  AspectWhole(served.models, anysize)),
+                                 ({"whole_look": "longer side 256, the photo's ratio; every 256-side row through "
+                                                 "the any-size int8 file (as it would ship)"}, "aspect whole, one file",
+                                  AspectWhole(served.models, anysize, served_windows=False))], "zoom-aspect-whole")
 
 if __name__ == "__main__":
     main()
