@@ -15,6 +15,10 @@ Per candidate, beside the served folder: /detect's lines on select_zoom's TRAINI
 (zoom_cost.measure) and, with --baseline, issue 12's cost line (bench_models.against_baseline).
 
     python benchmarks/int8_7bit.py --baseline runs/models-v1/models
+
+(The 640 file measured was made from the square catface.640.onnx of that morning: sha256 2275d76c3a8d...
+for catface.640.int8.onnx. Since the look keeps the photo's ratio its float file is an any-size graph,
+so the same command now makes another file; the 256-px one is the same, 34ce82839bca....)
 """
 from __future__ import annotations
 
@@ -31,17 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.zoom_sizes import WITHIN_ONE_PHOTO, row_ms, run_study, study_args  # noqa: E402
 from service.pipeline import load, model_row  # noqa: E402
 from training.export import file_facts  # noqa: E402
-from training.quantize import calibration_rows, quantize  # noqa: E402
-from training.train_detector import split_sources  # noqa: E402
+from training.quantize import calibration_rows, detector_photos, quantize  # noqa: E402
 
 CANDIDATES = {"7-bit both": (True, True), "7-bit 640": (False, True), "7-bit 256": (True, False)}
 
 
 def small_look_rows(catface, data_dir: Path, count: int = 96) -> list:
-    """The detector's calibration photos (calibration_rows' own choice) at the small-face look's side."""
-    cats, dogs = split_sources(data_dir, "train")
-    photos = [c.path for c in cats[:: max(1, len(cats) // count)]] + dogs[:: max(1, len(dogs) // (count // 4))]
-    return [model_row(Image.open(p).convert("RGB"), catface.small_look.input_size) for p in photos]
+    """The detector's calibration photos (training.quantize.detector_photos) at the small-face look's side."""
+    return [model_row(Image.open(p).convert("RGB"), catface.small_look.input_size)
+            for p in detector_photos(data_dir, count)]
 
 
 def seven_bit_files(models: Path, data_dir: Path, out: Path) -> dict[str, dict]:

@@ -35,8 +35,7 @@ from service.runtime import OnnxModel  # noqa: E402
 from training.export import OPSET  # noqa: E402
 from training.from_onnx import load_folded  # noqa: E402
 from training.nets import AnySizeDetector, CatFaceDetector, EfficientNetLite0  # noqa: E402
-from training.quantize import quantize  # noqa: E402
-from training.train_detector import split_sources  # noqa: E402
+from training.quantize import detector_photos, quantize  # noqa: E402
 
 
 def aspect_row(image: Image.Image) -> np.ndarray:
@@ -52,9 +51,8 @@ def any_size_int8(served: OnnxModel, models: Path, data_dir: Path, threads: int,
                       input_names=["image"], output_names=["scores", "boxes"], opset_version=OPSET, dynamo=False,
                       dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
                                     "scores": {0: "batch", 1: "anchors"}, "boxes": {0: "batch", 1: "anchors"}})
-    cats, dogs = split_sources(data_dir, "train")  # (training.quantize.calibration_rows' photos)
-    photos = [c.path for c in cats[:: max(1, len(cats) // 96)]] + dogs[:: max(1, len(dogs) // 24)]
-    quantize(source, target, [aspect_row(Image.open(p).convert("RGB")) for p in photos], backbone_only=True)
+    rows = [aspect_row(Image.open(p).convert("RGB")) for p in detector_photos(data_dir, 96)]
+    quantize(source, target, rows, backbone_only=True)
     return OnnxModel({**served.entry, "weights": "int8"}, target, threads)
 
 

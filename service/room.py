@@ -12,8 +12,9 @@ class Room:
     room is empty: one share larger than the whole room still gets in, alone (a caller refuses
     such shares beforehand when it must). `leave(n)` gives them back and wakes the waiters, who
     check again in the order they began to wait (oldest first). Waiters are not a queue: a small
-    share can pass a large one that does not fit yet. Wrap `enter` in a timeout to bound the wait; a waiter cancelled
-    there holds nothing. Single event loop, no threads: call `leave` from the loop."""
+    share can pass a large one that does not fit yet. Wrap `enter` in a timeout to bound the
+    wait; a waiter cancelled there holds nothing. Single event loop, no threads: call `leave`
+    from the loop."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity

@@ -178,7 +178,6 @@ class CatFaceDetector(nn.Module):
     def set_input_size(self, input_size: int) -> None:
         """The net is fully convolutional; only the anchor grids depend on the input side
         (training runs at one size, validation and serving at another)."""
-        self.input_size = input_size
         centres, scales = anchor_grid(input_size, input_size, self.STRIDES)
         self.register_buffer("anchors", centres, persistent=False)  # (A, 2), normalised
         self.register_buffer("anchor_scales", scales, persistent=False)  # (A, 2): stride / input width, height

@@ -43,22 +43,26 @@ class Rows(CalibrationDataReader):
         return next(self.rows, None)
 
 
+def detector_photos(data_dir: Path, count: int) -> list[Path]:
+    """The detector's calibration photos: about `count` training Crawford cats and a quarter as many dogs."""
+    cats, dogs = split_sources(data_dir, "train")
+    return [c.path for c in cats[:: max(1, len(cats) // count)]] + dogs[:: max(1, len(dogs) // (count // 4))]
+
+
 def calibration_rows(catface: CatFace, data_dir: Path, count: int, names: list[str]) -> dict[str, list[np.ndarray]]:
     """Inputs of the named models from training photos: Crawford cats and dogs for the detector,
     the faces the detector finds for the landmarker, photos and face crops of Oxford + extra cats
     and of dogs for breeds."""
-    cats, dogs = split_sources(data_dir, "train")
     rows: dict[str, list[np.ndarray]] = {"catface": [], "catlandmarks": [], "catbreeds": []}
     if {"catface", "catlandmarks"} & set(names):
-        detector_photos = ([c.path for c in cats[:: max(1, len(cats) // count)]]
-                           + dogs[:: max(1, len(dogs) // (count // 4))])
-        for path in detector_photos:
+        for path in detector_photos(data_dir, count):
             image = Image.open(path).convert("RGB")
             rows["catface"].append(catface.detector_input(image))
             for face in catface.detect([image], breeds=False)[0][:1]:
                 rows["catlandmarks"].append(catface.landmark_input(image, face)[0])
     if "catbreeds" in names:
         train, extra, _ = breed_datasets(data_dir)
+        _, dogs = split_sources(data_dir, "train")
         breed_photos = [p for p, _ in (train + extra)[:: max(1, len(train + extra) // count)]]
         # Dogs too: the classifier's cat output must see the range of its negatives (calibrated
         # on cats alone, int8 answered `cat` for every validation dog photo).
