@@ -6,7 +6,7 @@
     catface detect photos/ --url http://localhost:8000 --jobs 8     # a running service does the work
 
 In-process (the default) the bundled models run here, and every file goes through the service's
-own intake (service.imaging.decode: same formats, byte and pixel limits, orientation), so a file
+own intake (service.imaging: same formats, byte and pixel limits, orientation, decode budget), so a file
 gets the answer the service would give it. With --url each file is POSTed to the service instead
 (stdlib HTTP only; 503 answers are retried after their Retry-After).
 
@@ -178,6 +178,10 @@ class Local:
         self.settings = settings
         self.catface = load(settings.models_dir, settings.threads or None)
         self.names = self.catface.landmarker.entry["landmark_names"]
+        # The --jobs threads' decodes share the service's decode budget (max_decode_bytes, each its
+        # Header.needed), as uploads do: eight large photos at once must not take eight times it.
+        self._decoding = threading.Condition()
+        self._decoding_bytes = 0
 
     def intake(self, job: Job, keep_original: bool) -> imaging.Photo | dict:
         """Read and decode one file (on a worker thread): the photo, or its error line."""
@@ -190,9 +194,27 @@ class Local:
         except OSError as exc:
             return error_line(None, "unreadable-file", exc.strerror or str(exc))
         try:
-            return imaging.decode(data, **self.settings.decode_limits(keep_original))
+            header = imaging.read_header(data, **self.settings.decode_limits(keep_original))
+            self._enter(header.needed)
+            try:
+                return imaging.decode_pixels(header)
+            finally:
+                self._leave(header.needed)
         except Problem as problem:
             return problem_line(problem)
+
+    def _enter(self, n: int) -> None:
+        """Wait until n more decode bytes fit in the budget (or none are in use: alone, a photo
+        over the budget was already refused by read_header)."""
+        with self._decoding:
+            self._decoding.wait_for(lambda: not self._decoding_bytes
+                                    or self._decoding_bytes + n <= self.settings.max_decode_bytes)
+            self._decoding_bytes += n
+
+    def _leave(self, n: int) -> None:
+        with self._decoding:
+            self._decoding_bytes -= n
+            self._decoding.notify_all()
 
     def detect(self, photos: list[imaging.Photo]) -> list[list]:
         """Faces of each photo in its original pixels; the photos run through the models together."""

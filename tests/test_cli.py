@@ -7,13 +7,17 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from service import imaging
 from service.cli import main
+from service.config import Settings
 
 from .conftest import CATS, DOGS, REPO, data_file, free_port, iphone_style, photo, service_process
 
@@ -69,6 +73,33 @@ def test_detect_over_a_folder_gives_one_line_per_photo_and_names_the_broken_one(
     # Nothing silently dropped: the text file is named on stderr; progress and the summary are there.
     assert "notes.txt" in err and ".DS_Store" not in err
     assert "7/7 photos" in err and "1 with an error line" in err
+
+
+@pytest.mark.parametrize("budget_photos", [1, 100])
+def test_decodes_on_the_jobs_threads_share_the_decode_budget(album, capsys, monkeypatch, budget_photos):
+    """--jobs 4 over the album with a budget of the largest photo's decode bytes: the decodes in
+    progress never hold more together, and every photo is still answered; with room for many,
+    more is held at once (the test can fail)."""
+    needed = max(imaging.read_header(path.read_bytes(), **Settings().decode_limits()).needed
+                 for path in album.rglob("*") if path.suffix in (".jpg", ".HEIC"))  # (broken.jpg's header is whole)
+    monkeypatch.setenv("CATFACE_MAX_DECODE_BYTES", str(needed * budget_photos))
+    held, most, lock = [0], [0], threading.Lock()
+    decode = imaging.decode_pixels
+
+    def slow_decode(header):
+        with lock:
+            held[0] += header.needed
+            most[0] = max(most[0], held[0])
+        try:
+            time.sleep(0.05)  # long enough for the other threads to arrive
+            return decode(header)
+        finally:
+            with lock:
+                held[0] -= header.needed
+    monkeypatch.setattr(imaging, "decode_pixels", slow_decode)
+    code, lines, _ = run(["detect", str(album), "--threads", "1", "--jobs", "4"], capsys)
+    assert len(lines) == 7 and sum("faces" in line for line in lines) == 6  # (broken.jpg: its error line)
+    assert most[0] <= needed if budget_photos == 1 else most[0] > needed
 
 
 def test_named_files_are_read_whatever_their_extension_and_missing_ones_get_a_line(album, tmp_path, capsys):
