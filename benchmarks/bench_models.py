@@ -112,13 +112,16 @@ def against_baseline(catface, baseline, photos, repeats: int, rounds: int = 5, w
         shipped.append(median_ms(lambda: [catface.detect([p], breeds=False) for p in photos], repeats // 5))
         before.append(median_ms(lambda: [baseline.detect([p], breeds=False) for p in photos], repeats // 5))
     ms, base = statistics.median(shipped) / len(photos), statistics.median(before) / len(photos)
+    # each round's ratio (its two medians side by side in time): how far one run's drift moves the line
+    rounds_ratio = sorted(round(s / b, 3) for s, b in zip(shipped, before))
     versions = lambda c: {n: m.entry["version"] for n, m in c.models.items() if n != "catbreeds"}  # noqa: E731
     rows = detector_rows(catface, photos)
     print(f"\ndetector + landmarks per {what}: {ms:.2f} ms against {base:.2f} ms for the baseline "
-          f"{versions(baseline)} ({ms / base:.2f}x); detector rows per {what}: {rows} (baseline: "
-          f"{detector_rows(baseline, photos)})")
+          f"{versions(baseline)} ({ms / base:.2f}x; rounds {rounds_ratio[0]:.2f}x-{rounds_ratio[-1]:.2f}x); "
+          f"detector rows per {what}: {rows} (baseline: {detector_rows(baseline, photos)})")
     return {"shipped": versions(catface), "baseline": versions(baseline), "shipped_ms": round(ms, 2),
-            "baseline_ms": round(base, 2), "ratio": round(ms / base, 3), "shipped_detector_rows": rows}
+            "baseline_ms": round(base, 2), "ratio": round(ms / base, 3), "rounds_ratio": rounds_ratio,
+            "shipped_detector_rows": rows}
 
 
 @contextlib.contextmanager

@@ -1,4 +1,7 @@
-"""The whole-photo look at the photo's own aspect ratio too (issue 12's cost). A study, not shipped.
+"""The whole-photo look at the photo's own aspect ratio too (issue 12's cost). A study, NOT shipped:
+on training photos it passed (cost 1.29x-1.33x against 1.47x), but validation's kittens photo (three
+~24-px faces in an 800x450 frame) lost a kitten: at 256 x 160 (or 128) the whole-photo look finds
+none of them, so the no-face tiles run instead of the 640 look (see the results file's verdict).
 
 The served first look stretches every photo to 256 x 256 px. At the photo's ratio (longer side
 256, shorter side a multiple of 32: 256 x 192 for a 4:3 photo) it costs about 0.75 of that on
@@ -6,9 +9,9 @@ every photo, as the small-face look now does at 640 (zoom_aspect_look.py). The s
 int8, so the candidate is too: the served float weights at any input size (nets.AnySizeDetector),
 quantized as training.quantize does, calibrated on the same training photos at their own ratio.
 The closer looks' rows (the no-face tiles, at the photo's ratio too; the square windows at 256 x
-256, through the served file, or with "one file" through the any-size int8 file as it would ship;
-the small-face look) and every rule stay as served: a face's size "at the input" is still its
-longer side x 256.
+256, all through the any-size int8 file as it would ship; the small-face look) and every rule stay
+as served: a face's size "at the input" is still its longer side x 256. "rounded up": the shorter
+side rounded up to the multiple, never down (a 16:9 photo's 144 px: 160, not 128).
 
 /detect's lines on select_zoom's TRAINING photos (zoom_cost.measure) and, with --baseline, issue
 12's cost line, against the served looks in one run.
@@ -18,6 +21,7 @@ longer side x 256.
 from __future__ import annotations
 
 import datetime
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -38,8 +42,14 @@ from training.nets import AnySizeDetector, CatFaceDetector, EfficientNetLite0  #
 from training.quantize import detector_photos, quantize  # noqa: E402
 
 
-def aspect_row(image: Image.Image) -> np.ndarray:
-    return model_row(image, small_look_size(*image.size, DETECTOR_INPUT, ZOOM_SMALL_LOOK_MULTIPLE))
+def aspect_row(image: Image.Image, up: bool = False) -> np.ndarray:
+    """The photo at its ratio, longer side 256; up: its shorter side rounded up to the multiple
+    (never shorter than its ratio: 144 -> 160 for a 16:9 photo, where round gives 128)."""
+    if not up:
+        return model_row(image, small_look_size(*image.size, DETECTOR_INPUT, ZOOM_SMALL_LOOK_MULTIPLE))
+    w, h = image.size
+    short = math.ceil(DETECTOR_INPUT * min(w, h) / max(w, h) / ZOOM_SMALL_LOOK_MULTIPLE) * ZOOM_SMALL_LOOK_MULTIPLE
+    return model_row(image, (short, DETECTOR_INPUT) if w >= h else (DETECTOR_INPUT, short))
 
 
 def any_size_int8(served: OnnxModel, models: Path, data_dir: Path, threads: int, out: Path) -> OnnxModel:
@@ -57,38 +67,25 @@ def any_size_int8(served: OnnxModel, models: Path, data_dir: Path, threads: int,
 
 
 class AspectWhole(CatFace):
-    """CatFace whose whole-photo look (and no-face tiles) keep the photo's aspect ratio."""
+    """CatFace whose 256-side looks keep the photo's (or window's) aspect ratio, every such row
+    through the any-size int8 file."""
 
-    def __init__(self, models, anysize: OnnxModel, served_windows: bool = True):
+    def __init__(self, models, anysize: OnnxModel, up: bool = False):
         super().__init__(models)
-        self.anysize, self._square, self.served_windows = anysize, False, served_windows
+        self.anysize, self.up = anysize, up
         self.detectors = [*self.detectors, anysize]  # (counted by bench_models.counting_rows)
 
     def detector_input(self, image: Image.Image) -> np.ndarray:
-        return aspect_row(image)
+        return aspect_row(image, self.up)
 
     def tile_inputs(self, image: Image.Image, windows: np.ndarray) -> np.ndarray:
-        w, h = image.size
-        crops = [image.crop(tuple(np.round(win * [w, h, w, h]).astype(int))) for win in windows]
-        if self._square and self.served_windows:  # candidate windows: square crops, the served 256 x 256 rows
-            return np.stack([model_row(c, self.detector.input_size) for c in crops])
-        return np.stack([aspect_row(c) for c in crops])  # tiles: at the photo's ratio
-
-    def zoom_windows(self, faces, image):
-        windows, why = super().zoom_windows(faces, image)
-        self._square = False
-        return windows, why
-
-    def candidate_windows(self, candidates, faces, image):
-        windows, chosen = super().candidate_windows(candidates, faces, image)
-        self._square = True
-        return windows, chosen
+        w, h = image.size  # (tiles at the photo's ratio; candidate windows are squares: 256 x 256)
+        return np.stack([aspect_row(image.crop(tuple(np.round(win * [w, h, w, h]).astype(int))), self.up)
+                         for win in windows])
 
     def detector_for(self, rows):
         if self.small_look is not None and max(rows.shape[2:4]) > DETECTOR_INPUT:
             return self.small_look
-        if self.served_windows and tuple(rows.shape[2:4]) == self.detector.input_size:
-            return self.detector
         return self.anysize
 
 
@@ -100,11 +97,12 @@ def main():
         served = load(args.models, args.threads)
         anysize = any_size_int8(served.detector, args.models, args.data, args.threads, Path(tmp))
         run_study(args, report, [({"whole_look": "256 x 256"}, "served", served),
-                                 ({"whole_look": "longer side 256, the photo's ratio"}, "aspect whole",
-                                  AspectWhole(served.models, anysize)),
                                  ({"whole_look": "longer side 256, the photo's ratio; every 256-side row through "
                                                  "the any-size int8 file (as it would ship)"}, "aspect whole, one file",
-                                  AspectWhole(served.models, anysize, served_windows=False))], "zoom-aspect-whole")
+                                  AspectWhole(served.models, anysize)),
+                                 ({"whole_look": "as above, the shorter side rounded up to the multiple"},
+                                  "aspect whole, one file, rounded up",
+                                  AspectWhole(served.models, anysize, up=True))], "zoom-aspect-whole")
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,7 @@ import service.pipeline  # noqa: E402
 from benchmarks.bench_models import counting_rows  # noqa: E402
 from service.detection import zoom_grid  # noqa: E402
 from service.pipeline import load  # noqa: E402
-from training.evaluate import boxes_found, detection_table, small_faces_recall  # noqa: E402
+from training.evaluate import WIDE_FRAME, WIDE_GRID, boxes_found, detection_table, small_faces_recall  # noqa: E402
 from training.select_zoom import photo_sets  # noqa: E402
 
 CANDIDATES = [("shipped", {}, None), ("below40", {"below_px": 40}, None), ("below32", {"below_px": 32}, None),
@@ -68,6 +68,8 @@ def measure(catface, name: str, cats, dogs, oxford, served) -> dict:
     row["oxford_with_a_face"] = float(np.mean(faces > 0))
     row["oxford_with_several_faces"] = int((faces > 1).sum())
     row["small_faces_recall"] = small_faces_recall(cats, dogs, served)["recall_iou50"]
+    row["small_faces_wide_recall"] = small_faces_recall(cats, dogs, served, frame=WIDE_FRAME,
+                                                        grid=WIDE_GRID)["recall_iou50"]
     return row
 
 

@@ -100,7 +100,8 @@ class SizedLooks(CatFace):
 
 # The rule the zoom studies set before they run (each study's report says it); a study adds its own tie-break.
 WITHIN_ONE_PHOTO = ("A candidate goes to validation only if every training-photo line stays within one photo of the "
-                    "served one's, measured in the same run (Crawford recall and precision, small-face recall, false "
+                    "served one's, measured in the same run (Crawford recall and precision, small-face recall in "
+                    "square and wide frames, false "
                     "faces on dogs, Oxford photos with a face, no photo with two boxes on one face), and its cost line "
                     "is <= 1.5x.")
 

@@ -121,23 +121,29 @@ def mosaic_recall(cats, dogs, detect, count: int = 40, tile: int = 320, seed: in
 
 
 SMALL_FACE_SIDES = (20, 60)  # px: the small faces the detector issue asks /detect to find
+# The same small faces in a wide (16:9) photo, 4 x 2 tiles: the square mosaics cannot show what a
+# look at the photo's own aspect ratio does to them (benchmarks/zoom_aspect_whole.py).
+WIDE_FRAME, WIDE_GRID = (800, 450), (4, 2)
 
 
 def small_faces_recall(cats, dogs, detect, count: int = 40, side: int = 640, tiles: int = 3,
-                       face_sides: tuple[int, int] = SMALL_FACE_SIDES, seed: int = 0) -> dict:
-    """Many small faces: mosaics of tiles x tiles validation photos at `side` px, each photo scaled
-    so its face's longer side is drawn from `face_sides` and centred in its tile (one tile per
-    mosaic is a dog). Faces cut by their tile's edge are not counted."""
+                       face_sides: tuple[int, int] = SMALL_FACE_SIDES, seed: int = 0,
+                       frame: tuple[int, int] | None = None, grid: tuple[int, int] | None = None) -> dict:
+    """Many small faces: mosaics of tiles x tiles validation photos at `side` px (or of grid =
+    (columns, rows) tiles in a frame = (width, height) px: a wide photo), each photo scaled so its
+    face's longer side is drawn from `face_sides` and centred in its tile (one tile per mosaic is a
+    dog). Faces cut by their tile's edge are not counted."""
     rng = np.random.default_rng(seed)
-    cell = side // tiles
+    (width, height), (cols, rows) = frame or (side, side), grid or (tiles, tiles)
+    cw, ch = width // cols, height // rows
     hits = truths_total = extra = 0
     for _ in range(count):
-        mosaic, truths = Image.new("RGB", (side, side), (128, 128, 128)), []
-        dog_tile = rng.integers(tiles * tiles)
-        for t in range(tiles * tiles):
-            x, y = cell * (t % tiles), cell * (t // tiles)
+        mosaic, truths = Image.new("RGB", (width, height), (128, 128, 128)), []
+        dog_tile = rng.integers(cols * rows)
+        for t in range(cols * rows):
+            x, y = cw * (t % cols), ch * (t // cols)
             if t == dog_tile:
-                mosaic.paste(Image.open(dogs[rng.integers(len(dogs))]).convert("RGB").resize((cell, cell)), (x, y))
+                mosaic.paste(Image.open(dogs[rng.integers(len(dogs))]).convert("RGB").resize((cw, ch)), (x, y))
                 continue
             photo = cats[rng.integers(len(cats))]
             image = Image.open(photo.path).convert("RGB")
@@ -145,17 +151,18 @@ def small_faces_recall(cats, dogs, detect, count: int = 40, side: int = 640, til
             k = rng.uniform(*face_sides) / max(face[2] - face[0], face[3] - face[1], 1.0)
             image = image.resize((max(1, round(image.width * k)), max(1, round(image.height * k))), Image.BILINEAR)
             # put the face's centre at the tile's centre, keep only what falls inside the tile
-            dx, dy = x + cell / 2 - k * (face[0] + face[2]) / 2, y + cell / 2 - k * (face[1] + face[3]) / 2
-            tile = Image.new("RGB", (cell, cell), (128, 128, 128))
+            dx, dy = x + cw / 2 - k * (face[0] + face[2]) / 2, y + ch / 2 - k * (face[1] + face[3]) / 2
+            tile = Image.new("RGB", (cw, ch), (128, 128, 128))
             tile.paste(image, (round(dx - x), round(dy - y)))
             mosaic.paste(tile, (x, y))
             box = face * k + [dx, dy, dx, dy]
-            if box[0] >= x and box[1] >= y and box[2] <= x + cell and box[3] <= y + cell:
+            if box[0] >= x and box[1] >= y and box[2] <= x + cw and box[3] <= y + ch:
                 truths.append(box)
         found = detect(mosaic)
         matched = sum(m is not None for m in match(truths, found))
         hits, truths_total, extra = hits + matched, truths_total + len(truths), extra + len(found) - matched
-    return {"mosaics": count, "tiles": f"{tiles}x{tiles} at {side} px", "face_sides_px": list(face_sides),
+    shape = f"{side} px" if frame is None else f"{width}x{height} px"
+    return {"mosaics": count, "tiles": f"{cols}x{rows} at {shape}", "face_sides_px": list(face_sides),
             "faces": truths_total, "recall_iou50": hits / max(truths_total, 1), "extra_boxes_per_mosaic": extra / count}
 
 
@@ -305,6 +312,7 @@ def main(argv=None):
         row = detection_table(name, cats, dogs, detect)
         row["mosaic"] = mosaic_recall(cats, dogs, detect)
         row["small_faces"] = small_faces_recall(cats, dogs, detect)
+        row["small_faces_wide"] = small_faces_recall(cats, dogs, detect, frame=WIDE_FRAME, grid=WIDE_GRID)
         results["detection"].append(row)
     results["kittens"] = {name: kittens(args.data, rows[name]) for name in (ONE_PASS, SERVED)}
     print(json.dumps(results["detection"], indent=1), flush=True)

@@ -289,6 +289,11 @@ def write_card(results: dict, models_dir: Path) -> None:
         lines += ["", *mosaic_table(det, "small_faces", (
             f"Many small faces ({small['mosaics']} mosaics of {small['tiles']}, one tile a dog; each cat photo scaled "
             f"so its face is {small['face_sides_px'][0]}-{small['face_sides_px'][1]} px; {small['faces']} faces):"))]
+    wide = det[0].get("small_faces_wide")
+    if wide:
+        lines += ["", *mosaic_table(det, "small_faces_wide", (
+            f"The same small faces in a wide photo ({wide['mosaics']} mosaics of {wide['tiles']}, 16:9, one tile a "
+            f"dog; {wide['faces']} faces; the whole-photo look stretches such a photo to its square input):"))]
     litter = results.get("kittens")
     if litter:
         lines += ["", "Three kittens side by side (a real cat-faces-voc photo held out of all training), shrunk "
