@@ -54,6 +54,10 @@ class Face:
 
 
 class CatFace:
+    # the closer looks (zoom_windows' why) made as the small-face look, not tiles (the no-face one
+    # too was measured and not shipped: benchmarks/zoom_none_look.py)
+    whole_looks = ("small",)
+
     def __init__(self, models: dict[str, OnnxModel]):
         self.models = models
         self.detector, self.landmarker, self.classifier = models["catface"], models["catlandmarks"], models["catbreeds"]
@@ -99,7 +103,7 @@ class CatFace:
         faces, candidates = self._split(seen, "photo" in z["candidates_from"])
         windows, why = self.zoom_windows(faces, image)
         if len(windows):
-            if why == "small" and self.small_look is not None:  # one look at the whole photo, not tiles
+            if why in self.whole_looks and self.small_look is not None:  # one look at the whole photo, not tiles
                 windows, rows = WHOLE_PHOTO, self.small_look_row(image)
             else:
                 rows = self.tile_inputs(image, windows)

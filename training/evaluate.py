@@ -297,6 +297,7 @@ def main(argv=None):
     parser.add_argument("--card-only", action="store_true", help="rewrite MODEL_CARD.md from the saved eval.json")
     args = parser.parse_args(argv)
     out = args.out or args.models
+    out.mkdir(parents=True, exist_ok=True)
     if args.card_only:
         write_card(json.loads((out / "eval.json").read_text()), args.models)
         return
