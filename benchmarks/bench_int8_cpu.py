@@ -1,7 +1,9 @@
 """What exact int8 costs on this CPU: the shipped int8 catface with onnxruntime's
-`session.x64quantprecision` (as service/runtime.py sets it), without it, and the float file it
-was made from, at batch 1 and 8, in alternating rounds of one run. On x86 CPUs without VNNI the
-option swaps the saturating u8 x s8 kernels for exact u8 x u8 ones; elsewhere it changes nothing.
+`session.x64quantprecision`, without it, and the float file it was made from, at batch 1 and 8,
+in alternating rounds of one run, and how far the two int8 arms' outputs differ. On x86 CPUs
+without VNNI the option swaps the saturating u8 x s8 kernels for exact u8 x u8 ones (and
+service/runtime.py sets it there); with VNNI the default kernels are exact already, and the option
+changes no output but costs time.
 
     python benchmarks/bench_int8_cpu.py [--data ../shared/data] [--rounds 5]
 
@@ -24,15 +26,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import REPO, machine  # noqa: E402
 from service.pipeline import load  # noqa: E402
-from service.runtime import EXACT_INT8  # noqa: E402
-
-
-def session(path: Path, exact: bool, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    if exact:
-        options.add_session_config_entry(EXACT_INT8, "1")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+from service.runtime import has_vnni, new_session  # noqa: E402
 
 
 def cpu_flags() -> str:
@@ -52,9 +46,9 @@ def main():
     entry = catface.detector.entry
     photos = sorted((args.data / "crawford" / "CAT_01").glob("*.jpg"))[:8]
     rows = np.stack([catface.detector_input(Image.open(p).convert("RGB")) for p in photos]).astype(np.float32)
-    arms = {"int8, exact (x64quantprecision, served)": session(models / entry["file"], True, args.threads),
-            "int8, default kernels": session(models / entry["file"], False, args.threads),
-            "float32": session(models / entry["float_reference"]["file"], False, args.threads)}
+    arms = {"int8, exact (x64quantprecision)": new_session(models / entry["file"], args.threads, exact_int8=True),
+            "int8, default kernels": new_session(models / entry["file"], args.threads),
+            "float32": new_session(models / entry["float_reference"]["file"], args.threads)}
     times: dict[str, dict[int, list[float]]] = {name: {1: [], 8: []} for name in arms}
     for _ in range(args.rounds):
         for name, s in arms.items():
@@ -65,8 +59,12 @@ def main():
                     t0 = time.perf_counter()
                     s.run(None, {"image": x})
                     times[name][batch].append((time.perf_counter() - t0) * 1000 / batch)
+    exact, default = (arms[k].run(None, {"image": rows}) for k in list(arms)[:2])
     report = {"date": datetime.date.today().isoformat(), "machine": machine(), "cpu_flags": cpu_flags(),
               "threads": args.threads, "onnxruntime": ort.__version__,
+              "served": "int8, default kernels" if has_vnni() else "int8, exact (x64quantprecision)",
+              "int8_default_vs_exact_max_abs_difference": max(float(np.abs(a - b).max())
+                                                              for a, b in zip(exact, default)),
               "ms_per_image_median": {name: {f"batch{b}": round(statistics.median(t), 2) for b, t in per.items()}
                                       for name, per in times.items()}}
     for name, per in report["ms_per_image_median"].items():

@@ -95,7 +95,11 @@ async def lifespan(app: FastAPI):
     state.analyzer = Analyzer(pipeline, batchers, pixels)
     state.ready = True
     log.info("ready", extra={"models": sorted(pipeline.models), "max_batch_size": settings.max_batch_size,
-                             "max_wait_ms": settings.max_wait_ms, "queue_size": settings.queue_size})
+                             "max_wait_ms": settings.max_wait_ms, "queue_size": settings.queue_size,
+                             # which int8 kernels this CPU got (runtime.EXACT_INT8): both answer alike
+                             "int8_kernels": {name: "exact u8 x u8" if model.exact_int8 else "default (VNNI)"
+                                              for name, model in pipeline.models.items()
+                                              if model.entry.get("weights") == "int8"}})
     try:
         yield
     finally:

@@ -10,11 +10,25 @@ import numpy as np
 import onnxruntime as ort
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-# x86 CPUs without VNNI (AVX2 only, e.g. AMD EPYC) multiply int8 weights into a saturating int16:
-# the int8 detector lost validation faces there that it keeps on VNNI CPUs (2026-12-03). This
-# session option has onnxruntime use exact u8 x u8 kernels on such CPUs only; they then answer
-# exactly as the VNNI CPU the model card was measured on.
+# x86 CPUs without VNNI (AVX2 only) multiply int8 weights into a saturating int16: the int8
+# detector lost validation faces there that it keeps on VNNI CPUs (2026-12-03). This session option
+# has onnxruntime use exact u8 x u8 kernels instead. It is set only where the CPU lacks VNNI: with
+# VNNI the default kernels already sum exactly in int32 (the same outputs, bit for bit), and the
+# option slowed the detector's 256-px row from 3.9 to 6.5 ms there, slower than float
+# (benchmarks/results/int8-cpu-cost-2026-12-04.json).
 EXACT_INT8 = "session.x64quantprecision"
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")  # /proc/cpuinfo's names for the u8 x s8 -> int32 dot product
+
+
+def has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU (or the given /proc/cpuinfo text) lists a VNNI flag; False where unknown."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in VNNI_FLAGS)
 
 
 SMALL_LOOK = "catface.small_look"  # the models' key (and batcher's name) of the detector's small-face look
@@ -45,39 +59,58 @@ def verified_path(models_dir: Path, entry: dict) -> Path:
     return path
 
 
+def new_session(path: Path, threads: int | None = None, arena: bool = True,
+                exact_int8: bool = False) -> ort.InferenceSession:
+    """An onnxruntime session as the server runs its models; exact_int8: onnxruntime's exact
+    u8 x u8 int8 kernels (EXACT_INT8)."""
+    options = ort.SessionOptions()
+    # onnxruntime's CPU arena keeps the largest activations it ever held; without it, memory
+    # goes back after each run (the server's choice, from benchmarks/memory.py).
+    options.enable_cpu_mem_arena = arena
+    # Memory patterns are planned and kept per input shape, so the arena grew with every new
+    # batch size met in traffic (+40% RSS after start-up); without them, OnnxModel.warm_up
+    # reaches the steady footprint before the service reports ready.
+    options.enable_mem_pattern = False
+    # The server runs the three models at once, each in its own thread: intra-op threads that
+    # spin while waiting took the cores from the other models (-30% throughput on 2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if exact_int8:
+        options.add_session_config_entry(EXACT_INT8, "1")
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxModel:
     """One ONNX graph: raw RGB NCHW float32 in, the manifest's named outputs out."""
 
     def __init__(self, entry: dict, path: Path, threads: int | None = None, arena: bool = True):
-        options = ort.SessionOptions()
-        # onnxruntime's CPU arena keeps the largest activations it ever held; without it, memory
-        # goes back after each run (the server's choice, from benchmarks/memory.py).
-        options.enable_cpu_mem_arena = arena
-        # Memory patterns are planned and kept per input shape, so the arena grew with every new
-        # batch size met in traffic (+40% RSS after start-up); without them, the warm-up below
-        # reaches the steady footprint before the service reports ready.
-        options.enable_mem_pattern = False
-        # The server runs the three models at once, each in its own thread: intra-op threads that
-        # spin while waiting took the cores from the other models (-30% throughput on 2 cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry(EXACT_INT8, "1")
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
         self.entry = entry
         self.name = entry["name"]
         self.max_batch: int | None = entry.get("max_batch")  # rows per call, when the model bounds it
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
         self.input_size = tuple(entry["inputs"][0]["shape"][2:4])  # (height, width)
         self.output_names = [o["name"] for o in entry["outputs"]]
+        self.exact_int8 = entry.get("weights") == "int8" and not has_vnni()
+        self.session = new_session(path, threads, arena, self.exact_int8)
+        self.input_name = self.session.get_inputs()[0].name
+        if entry.get("weights") == "int8" and not self.exact_int8:
+            # the default kernels must answer as the exact ones here (they do wherever VNNI sums in
+            # int32); a CPU that lists VNNI and differs gets the exact kernels after all
+            exact = new_session(path, threads, arena, exact_int8=True)
+            probe = np.random.default_rng(0).uniform(0, 255, (1, 3, *self.input_size)).astype(np.float32)
+            if not all(np.array_equal(a, b) for a, b in zip(self.run(probe), self._run(exact, probe))):
+                self.session, self.exact_int8 = exact, True
 
     def rows_per_call(self, wanted: int) -> int:
         """`wanted` rows a call, or fewer where the model bounds it (a large input's activations)."""
         return min(wanted, self.max_batch or wanted)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, np.float32)})
+        return self._run(self.session, batch)
+
+    def _run(self, session: ort.InferenceSession, batch: np.ndarray) -> list[np.ndarray]:
+        return session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, np.float32)})
 
     def warm_up(self, max_batch: int = 1) -> None:
         """Run every batch size from `max_batch` down to 1 once: the first run at a size allocates."""

@@ -11,7 +11,7 @@ from PIL import Image
 
 from service.detection import iou
 from service.pipeline import load
-from service.runtime import ModelFileError, load_models, small_look_entry
+from service.runtime import ModelFileError, has_vnni, load_models, new_session, small_look_entry
 from training import data
 from training.evaluate import boxes_found, kittens
 from training.train_detector import split_sources
@@ -211,6 +211,25 @@ def test_int8_detector_scores_follow_float_on_any_cpu(catface, tmp_path):
     (served, _), (exact, _) = catface.detector.run(x), reference.detector.run(x)
     assert catface.detector.entry["weights"] == "int8"
     assert np.abs(served.max(axis=1) - exact.max(axis=1)).mean() < 0.01
+
+
+def test_the_int8_detector_answers_as_the_exact_kernels_on_this_cpu(catface):
+    """Whichever int8 kernels the runtime chose here (onnxruntime's default ones where the CPU has
+    VNNI, the exact u8 x u8 ones elsewhere), the detector's outputs on real photos equal the exact
+    kernels' bit for bit: the model card's numbers hold on every CPU."""
+    cats, dogs = split_sources(DATA, "train")
+    x = np.stack([catface.detector_input(photo(str(c.path.relative_to(DATA)))) for c in cats[::60]] +
+                 [catface.detector_input(photo(str(p.relative_to(DATA)))) for p in dogs[::60]]).astype(np.float32)
+    exact = new_session(MODELS / catface.detector.entry["file"], threads=1, exact_int8=True)
+    for got, want in zip(catface.detector.run(x), exact.run(catface.detector.output_names, {"image": x})):
+        assert np.array_equal(got, want)
+
+
+def test_vnni_is_read_from_the_cpu_flags():
+    assert has_vnni("processor : 0\nflags : fpu sse avx2 avx512f avx512_vnni\n")
+    assert has_vnni("flags\t\t: fpu avx2 avx_vnni\n")
+    assert not has_vnni("flags : fpu sse avx2 fma\n")  # AVX2 only: the exact kernels
+    assert not has_vnni("model name : a CPU that lists no flags\n")
 
 
 def test_corrupted_model_stops_start_up(tmp_path):

@@ -134,9 +134,12 @@ def measurements(manifest: dict) -> list[str]:
                   "twice as many dog photos (over the breeds issue's 2%). The Core ML files stay float16 and are "
                   "checked against the float ONNX export of the same weights (an int8 entry's `float_reference`).",
                   "", "On x86 CPUs without VNNI (AVX2 only) int8 products saturate onnxruntime's int16 sums unless "
-                  "`session.x64quantprecision` is set, as `service/runtime.py` does: without it, the shipped models "
-                  "lost /detect recall, precision, small faces and dog photos there "
-                  "(`benchmarks/results/int8-cpu-2026-12-03.json`); with it, the numbers above hold on both kinds.",
+                  "`session.x64quantprecision` is set, as `service/runtime.py` does there: without it, the shipped "
+                  "models lost /detect recall, precision, small faces and dog photos "
+                  "(`benchmarks/results/int8-cpu-2026-12-03.json`); with it, the numbers above hold on both kinds. "
+                  "Where the CPU has VNNI the runtime leaves the option off: the default kernels sum exactly "
+                  "there (the same outputs, bit for bit, checked at start-up) and are faster "
+                  "(`benchmarks/results/int8-cpu-cost-2026-12-04.json`).",
                   ""]
     return ["## Speed", "", *lines] if lines else []
 
