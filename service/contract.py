@@ -42,8 +42,8 @@ MAX_FACES = 20  # the best MAX_FACES faces after NMS are kept
 # Its shorter side keeps the photo's aspect ratio, rounded to a multiple of ZOOM_SMALL_LOOK_MULTIPLE
 # (the detector's largest stride): a 4:3 photo's look is 640 x 480, 0.75 of the square's work, and
 # on training photos it lost no face (benchmarks/results/zoom-aspect-look-2026-12-04.json). One row
-# holds up to about 84 MiB of activations, so the server runs it one photo at a time
-# (ZOOM_SMALL_LOOK_BATCH).
+# held up to about 84 MiB of activations in float (int8 since 2026-12-04: less), so the server runs
+# it one photo at a time (ZOOM_SMALL_LOOK_BATCH).
 ZOOM_BELOW = 48
 ZOOM_GRID_NONE = 2
 ZOOM_GRID_SMALL = 3

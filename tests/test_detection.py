@@ -167,4 +167,5 @@ def test_the_small_look_is_its_own_model_that_the_drivers_pick_by_its_rows_side(
     assert catface.detector_for(np.zeros((1, 3, 256, 256))).name == "catface"
     assert catface.detector_for(np.zeros((1, 3, ZOOM_SMALL_LOOK, ZOOM_SMALL_LOOK))).name == SMALL_LOOK
     assert catface.detector_for(np.zeros((1, 3, 480, ZOOM_SMALL_LOOK))).name == SMALL_LOOK
-    assert look["max_batch"] == 1 and look["weights"] == "float32"
+    assert look["max_batch"] == 1 and look["weights"] == "int8"
+    assert look["float_reference"]["file"] == "catface.640.onnx"

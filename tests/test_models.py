@@ -191,7 +191,8 @@ def test_int8_files_answer_as_their_float_exports(catface, tmp_path):
     for image in [photo(n) for n in CATS + DOGS] + [three_cats_and_a_dog()]:
         (got,), (want,) = catface.detect([image]), reference.detect([image])
         assert len(got) == len(want)
-        for g, w in zip(got, want):
+        for w in want:  # (faces whose scores nearly tie may come in either order)
+            g = max(got, key=lambda f: iou(f.box, w.box[None])[0])
             side = max(w.box[2] - w.box[0], w.box[3] - w.box[1])
             assert iou(g.box, w.box[None])[0] > 0.9 and abs(g.score - w.score) < 0.05
             assert np.linalg.norm(g.landmarks - w.landmarks, axis=1).mean() < 0.03 * side  # measured <= 0.018

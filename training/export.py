@@ -158,9 +158,10 @@ def zoom_entry() -> dict:
 
 
 def export_small_look(model: CatFaceDetector, out: Path) -> dict:
-    """The detector's weights for the small-face look (float32: as fast as int8 on AVX2-only CPUs),
-    at any input height and width (nets.AnySizeDetector), for the zoom entry's small_look; checked
-    against the torch model at the square side and at a 4:3 one."""
+    """The detector's weights for the small-face look at any input height and width
+    (nets.AnySizeDetector), for the zoom entry's small_look (float32 here; training.quantize makes
+    its int8 file where WEIGHTS says so); checked against the torch model at the square side and at
+    a 4:3 one."""
     path = out / f"catface.{ZOOM_SMALL_LOOK}.onnx"
     look = AnySizeDetector(model).eval()
     example = torch.rand(1, 3, ZOOM_SMALL_LOOK * 3 // 4, ZOOM_SMALL_LOOK) * 255

@@ -96,19 +96,31 @@ def float_source(models: Path, entry: dict) -> Path:
     return models / entry.get("float_reference", entry)["file"]
 
 
+def small_look_rows(catface: CatFace, data_dir: Path, count: int) -> list[np.ndarray]:
+    """The detector's calibration photos as the server feeds its small-face look (the photo's
+    ratio kept: CatFace.small_look_row)."""
+    return [catface.small_look_row(Image.open(p).convert("RGB"))[0] for p in detector_photos(data_dir, count)]
+
+
 def quantize_into(models: Path, names: list[str], data_dir: Path, photos: int = 96, backbone_only: bool = True):
     """Writes <name>.int8.onnx beside each float file in `models` and points the manifest's ONNX
-    entry of that model at it."""
+    entry of that model at it; for catface, its small-face look's file too (the entry's
+    postprocess.zoom.small_look), calibrated at the look's own rows."""
     catface = load(models)
     rows = calibration_rows(catface, data_dir, photos, names)
     manifest = json.loads((models / "manifest.json").read_text())
     for name in names:
         entry = next(m for m in manifest["models"] if m["name"] == name and m["format"] == "onnx")
-        source, target = float_source(models, entry), models / f"{name}.int8.onnx"
-        quantize(source, target, rows[name], backbone_only)
-        entry.update(file_facts(target), weights="int8", float_reference=file_facts(source))
-        print(f"{target}: {target.stat().st_size / 1e6:.2f} MB from {len(rows[name])} calibration rows "
-              f"({source.stat().st_size / 1e6:.2f} MB float)", flush=True)
+        files = [(entry, rows[name])]
+        if name == "catface" and (look := entry.get("postprocess", {}).get("zoom", {}).get("small_look")):
+            files.append((look, small_look_rows(catface, data_dir, photos)))
+        for file, calibration in files:
+            source = float_source(models, file)
+            target = models / f"{source.stem}.int8.onnx"
+            quantize(source, target, calibration, backbone_only)
+            file.update(file_facts(target), weights="int8", float_reference=file_facts(source))
+            print(f"{target}: {target.stat().st_size / 1e6:.2f} MB from {len(calibration)} calibration rows "
+                  f"({source.stat().st_size / 1e6:.2f} MB float)", flush=True)
     (models / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
