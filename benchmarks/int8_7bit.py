@@ -85,11 +85,16 @@ def main():
         folders = {"served": args.models, **{name: candidate_folder(args.models, made, Path(tmp), whole, look,
                                                                     Path(tmp) / name.replace(" ", "-"))
                                              for name, (whole, look) in CANDIDATES.items()}}
-        catfaces = {name: load(folder, args.threads) for name, folder in folders.items()}
-        report["row_ms"] = row_ms([(f"{name} {model.input_size[0]}", model.input_size[0], model)
-                                   for name, catface in catfaces.items() for model in catface.detectors],
-                                  args.repeats, False)
-        run_study(args, report, (({"files": name}, name, catface) for name, catface in catfaces.items()), "int8-7bit")
+        run_folders(args, report, folders, "int8-7bit")
+
+
+def run_folders(args, report: dict, folders: dict[str, Path], stem: str) -> None:
+    """Each models folder a candidate: its detector files' time per row, then zoom_sizes.run_study."""
+    catfaces = {name: load(folder, args.threads) for name, folder in folders.items()}
+    report["row_ms"] = row_ms([(f"{name} {model.input_size[0]}", model.input_size[0], model)
+                               for name, catface in catfaces.items() for model in catface.detectors],
+                              args.repeats, False)
+    run_study(args, report, (({"files": name}, name, catface) for name, catface in catfaces.items()), stem)
 
 if __name__ == "__main__":
     main()

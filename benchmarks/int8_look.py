@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.int8_7bit import candidate_folder  # noqa: E402
-from benchmarks.zoom_sizes import WITHIN_ONE_PHOTO, row_ms, run_study, study_args  # noqa: E402
+from benchmarks.int8_7bit import candidate_folder, run_folders  # noqa: E402
+from benchmarks.zoom_sizes import WITHIN_ONE_PHOTO, study_args  # noqa: E402
 from service.pipeline import load  # noqa: E402
 from training.export import file_facts  # noqa: E402
 from training.quantize import quantize, small_look_rows  # noqa: E402
@@ -50,11 +50,7 @@ def main():
         report["files"] = made
         folders = {"served": args.models,
                    "int8 640": candidate_folder(args.models, made, Path(tmp), False, True, Path(tmp) / "int8-640")}
-        catfaces = {name: load(folder, args.threads) for name, folder in folders.items()}
-        report["row_ms"] = row_ms([(f"{name} {model.input_size[0]}", model.input_size[0], model)
-                                   for name, catface in catfaces.items() for model in catface.detectors],
-                                  args.repeats, False)
-        run_study(args, report, (({"files": name}, name, catface) for name, catface in catfaces.items()), "int8-look")
+        run_folders(args, report, folders, "int8-look")
 
 
 if __name__ == "__main__":
