@@ -26,11 +26,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import REPO, machine  # noqa: E402
 from service.pipeline import load  # noqa: E402
-from service.runtime import has_vnni, new_session  # noqa: E402
+from service.runtime import cpu_flags, has_vnni, new_session  # noqa: E402
 
 
-def cpu_flags() -> str:
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+def int8_flags() -> str:
+    """The CPU flags that decide onnxruntime's int8 kernels."""
+    flags = cpu_flags()
     return ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "none"
 
 
@@ -60,7 +61,7 @@ def main():
                     s.run(None, {"image": x})
                     times[name][batch].append((time.perf_counter() - t0) * 1000 / batch)
     exact, default = (arms[k].run(None, {"image": rows}) for k in list(arms)[:2])
-    report = {"date": datetime.date.today().isoformat(), "machine": machine(), "cpu_flags": cpu_flags(),
+    report = {"date": datetime.date.today().isoformat(), "machine": machine(), "cpu_flags": int8_flags(),
               "threads": args.threads, "onnxruntime": ort.__version__,
               "served": "int8, default kernels" if has_vnni() else "int8, exact (x64quantprecision)",
               "int8_default_vs_exact_max_abs_difference": max(float(np.abs(a - b).max())

@@ -20,15 +20,19 @@ EXACT_INT8 = "session.x64quantprecision"
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni")  # /proc/cpuinfo's names for the u8 x s8 -> int32 dot product
 
 
-def has_vnni(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU (or the given /proc/cpuinfo text) lists a VNNI flag; False where unknown."""
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """This CPU's flags (or those in the given /proc/cpuinfo text); none where unknown."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return any(flag in flags for flag in VNNI_FLAGS)
+            return []
+    return next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+
+
+def has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU (or the given /proc/cpuinfo text) lists a VNNI flag; False where unknown."""
+    return any(flag in cpu_flags(cpuinfo) for flag in VNNI_FLAGS)
 
 
 SMALL_LOOK = "catface.small_look"  # the models' key (and batcher's name) of the detector's small-face look

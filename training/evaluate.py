@@ -126,15 +126,14 @@ SMALL_FACE_SIDES = (20, 60)  # px: the small faces the detector issue asks /dete
 WIDE_FRAME, WIDE_GRID = (800, 450), (4, 2)
 
 
-def small_faces_recall(cats, dogs, detect, count: int = 40, side: int = 640, tiles: int = 3,
-                       face_sides: tuple[int, int] = SMALL_FACE_SIDES, seed: int = 0,
-                       frame: tuple[int, int] | None = None, grid: tuple[int, int] | None = None) -> dict:
-    """Many small faces: mosaics of tiles x tiles validation photos at `side` px (or of grid =
-    (columns, rows) tiles in a frame = (width, height) px: a wide photo), each photo scaled so its
-    face's longer side is drawn from `face_sides` and centred in its tile (one tile per mosaic is a
-    dog). Faces cut by their tile's edge are not counted."""
+def small_faces_recall(cats, dogs, detect, count: int = 40, frame: tuple[int, int] = (640, 640),
+                       grid: tuple[int, int] = (3, 3), face_sides: tuple[int, int] = SMALL_FACE_SIDES,
+                       seed: int = 0) -> dict:
+    """Many small faces: mosaics of grid = (columns, rows) validation photos in a frame = (width,
+    height) px, each photo scaled so its face's longer side is drawn from `face_sides` and centred
+    in its tile (one tile per mosaic is a dog). Faces cut by their tile's edge are not counted."""
     rng = np.random.default_rng(seed)
-    (width, height), (cols, rows) = frame or (side, side), grid or (tiles, tiles)
+    (width, height), (cols, rows) = frame, grid
     cw, ch = width // cols, height // rows
     hits = truths_total = extra = 0
     for _ in range(count):
@@ -161,7 +160,7 @@ def small_faces_recall(cats, dogs, detect, count: int = 40, side: int = 640, til
         found = detect(mosaic)
         matched = sum(m is not None for m in match(truths, found))
         hits, truths_total, extra = hits + matched, truths_total + len(truths), extra + len(found) - matched
-    shape = f"{side} px" if frame is None else f"{width}x{height} px"
+    shape = f"{width} px" if width == height else f"{width}x{height} px"
     return {"mosaics": count, "tiles": f"{cols}x{rows} at {shape}", "face_sides_px": list(face_sides),
             "faces": truths_total, "recall_iou50": hits / max(truths_total, 1), "extra_boxes_per_mosaic": extra / count}
 
