@@ -122,13 +122,21 @@ class OnnxModel:
             self.run(np.zeros((rows, 3, *self.input_size), np.float32))
 
 
+def entry_files(entry: dict) -> list[dict]:
+    """The file parts (file, sha256, bytes, weights, float_reference) of a manifest entry: the
+    entry itself, and for the detector its small-face look's."""
+    look = entry.get("postprocess", {}).get("zoom", {}).get("small_look")
+    return [entry, *([look] if look and "file" in look else [])]
+
+
 def small_look_entry(entry: dict) -> dict | None:
     """The detector's small-face look (postprocess.zoom.small_look: the same weights at any input
     size, in a file of its own) as a model entry of its own, named SMALL_LOOK; None for other models.
     Its input shape is its largest, side x side (a square photo's): what warm-up runs."""
-    look = entry.get("postprocess", {}).get("zoom", {}).get("small_look")
-    if not look or "file" not in look:
+    files = entry_files(entry)
+    if len(files) < 2:
         return None
+    look = files[1]
     side, same = look["side"], {k: v for k, v in entry.items() if k != "float_reference"}  # (the int8 file's)
     return {**same, **look, "name": SMALL_LOOK, "inputs": [{**entry["inputs"][0], "shape": ["batch", 3, side, side]}]}
 

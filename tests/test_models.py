@@ -11,7 +11,7 @@ from PIL import Image
 
 from service.detection import iou
 from service.pipeline import load
-from service.runtime import ModelFileError, has_vnni, load_models, new_session, small_look_entry
+from service.runtime import ModelFileError, entry_files, has_vnni, load_models, new_session
 from training import data
 from training.evaluate import boxes_found, kittens
 from training.train_detector import split_sources
@@ -164,7 +164,7 @@ def test_manifest_describes_every_model_file():
         assert (MODELS / entry["file"]).stat().st_size == entry["bytes"]
         assert entry["weights"] in (("float32", "int8") if entry["format"] == "onnx" else ("float16", "float32"))
     for entry in onnx:  # an int8 file names the float export it was made from (the CoreML's reference)
-        for file in [entry, *([entry["postprocess"]["zoom"]["small_look"]] if small_look_entry(entry) else [])]:
+        for file in entry_files(entry):
             if file["weights"] == "int8":
                 reference = file["float_reference"]
                 assert hashlib.sha256((MODELS / reference["file"]).read_bytes()).hexdigest() == reference["sha256"]
@@ -175,8 +175,7 @@ def float_models(folder) -> object:
     manifest = json.loads(json.dumps(MANIFEST))
     for entry in manifest["models"]:
         shutil.copy(MODELS / entry["file"], folder)
-        files = [entry, *([entry["postprocess"]["zoom"]["small_look"]] if small_look_entry(entry) else [])]
-        for file in files:  # (the detector's entry holds a second file: its small-face look)
+        for file in entry_files(entry):  # (the detector's entry holds a second file: its small-face look)
             if entry["format"] == "onnx" and file["weights"] == "int8":
                 file.update(file.pop("float_reference"), weights="float32")
             shutil.copy(MODELS / file["file"], folder)

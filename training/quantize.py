@@ -29,6 +29,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
 from service.pipeline import CatFace, load
+from service.runtime import entry_files
 
 from .export import file_facts
 from .train_breeds import datasets as breed_datasets
@@ -111,10 +112,8 @@ def quantize_into(models: Path, names: list[str], data_dir: Path, photos: int = 
     manifest = json.loads((models / "manifest.json").read_text())
     for name in names:
         entry = next(m for m in manifest["models"] if m["name"] == name and m["format"] == "onnx")
-        files = [(entry, rows[name])]
-        if name == "catface" and (look := entry.get("postprocess", {}).get("zoom", {}).get("small_look")):
-            files.append((look, small_look_rows(catface, data_dir, photos)))
-        for file, calibration in files:
+        for file in entry_files(entry):  # (catface's small-face look: at its own rows)
+            calibration = rows[name] if file is entry else small_look_rows(catface, data_dir, photos)
             source = float_source(models, file)
             target = models / f"{source.stem}.int8.onnx"
             quantize(source, target, calibration, backbone_only)
