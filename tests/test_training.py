@@ -262,6 +262,14 @@ def test_soup_averages_two_runs_weights_into_one_network_that_loads(tmp_path):
     assert torch.load(tmp_path / "soup.pt")["input"] == 8
     with pytest.raises(ValueError):
         soup.soup([a, {k: v for k, v in b.items() if not k.startswith("2.")}])
+    # where a checkpoint came from may differ (a fine-tune and the rebuilt file it started from); its input may not
+    torch.save({"model": b, "input": 8, "folded_from": "x.onnx"}, tmp_path / "rebuilt.pt")
+    torch.save({"model": a, "input": 8, "epoch": 3, "crop_scale": 1.4}, tmp_path / "tuned.pt")
+    soup.main([str(tmp_path / "rebuilt.pt"), str(tmp_path / "tuned.pt"), "--out", str(tmp_path / "mid.pt")])
+    assert torch.load(tmp_path / "mid.pt")["crop_scale"] == 1.4
+    torch.save({"model": a, "input": 16}, tmp_path / "other.pt")
+    with pytest.raises(ValueError):
+        soup.main([str(tmp_path / "0.pt"), str(tmp_path / "other.pt"), "--out", str(tmp_path / "bad.pt")])
 
 
 def test_breeds_small_view_is_the_face_crop_seen_from_far_away():

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+PROVENANCE = ("epoch", "soup", "folded_from")  # checkpoint keys that say where it came from
+
 
 def soup(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The uniform average of state dicts of one architecture."""
@@ -29,12 +31,14 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     loaded = [torch.load(p, map_location="cpu") for p in args.checkpoints]
-    # Everything but the weights (input size, backbone name) must agree: it describes the network.
-    extras = [{k: v for k, v in c.items() if k != "model"} for c in loaded]
-    if any(e != extras[0] for e in extras[1:]):
+    # What describes the network (input size, backbone name...) must agree where two checkpoints
+    # both say it; where a checkpoint came from (its epoch, its file, its soup) may differ.
+    extras = [{k: v for k, v in c.items() if k not in ("model", *PROVENANCE)} for c in loaded]
+    if any(e[k] != f[k] for e in extras for f in extras for k in e.keys() & f.keys()):
         raise ValueError(f"the checkpoints describe different networks: {extras}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**extras[0], "model": soup([c["model"] for c in loaded]),
+    described = {k: v for e in reversed(extras) for k, v in e.items()}
+    torch.save({**described, "model": soup([c["model"] for c in loaded]),
                 "soup": [str(p) for p in args.checkpoints]}, args.out)
     print(f"{args.out}: the average of {len(loaded)} checkpoints", flush=True)
 
