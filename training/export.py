@@ -43,8 +43,9 @@ from service.contract import (
 from . import data
 from .nets import AnySizeDetector, CatBreedClassifier, CatFaceDetector, CatLandmarker, EfficientNetLite0
 
-# Per model: a retrained model gets a new version (the manifest says which one is shipped).
-VERSIONS = {"catface": "2.0.0", "catlandmarks": "1.0.0", "catbreeds": "2.2.0"}
+# Per model: a retrained model, or one that answers differently (catface 2.1.0: the small-face look one int8 file
+# at 640 px instead of float tiles), gets a new version (the manifest says which one is shipped).
+VERSIONS = {"catface": "2.1.0", "catlandmarks": "1.0.0", "catbreeds": "2.2.0"}
 # The weights each model's served ONNX file has: int8 where the validation numbers held within
 # issue 17's bounds (model card), float32 where they did not. CoreML files stay float16.
 WEIGHTS = {"catface": "int8", "catlandmarks": "float32", "catbreeds": "float32"}
