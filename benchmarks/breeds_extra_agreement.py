@@ -1,0 +1,52 @@
+"""How often /breeds' top breed agrees with the owners' labels of cat-breeds-extra, for model folders.
+
+catbreeds learns only the cat output from cat-breeds-extra (train_breeds --extra cat): the owners'
+breed labels were never trained on, so these 2,094 photos can choose between classifiers of that
+recipe without the validation split. The labels are noisy (an owner's sense of a breed is not
+Oxford's), so only differences between models mean something, not the level.
+
+    python benchmarks/breeds_extra_agreement.py --data ../shared/data models runs/models-candidate
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from service.pipeline import load  # noqa: E402
+from training.metrics import breed_metrics  # noqa: E402
+from training.train_breeds import datasets  # noqa: E402
+
+
+def agreement(models: Path, photos: list[tuple[Path, int]], threads: int) -> dict:
+    """/breeds' answers (CatFace.classify) against the labels: breed_metrics of the product rule,
+    an answer without breeds counted as wrong."""
+    catface = load(models, threads)
+    picks = []
+    for path, _ in photos:
+        (answer,) = catface.classify([Image.open(path).convert("RGB")])
+        picks.append(catface.breed_labels.index(answer.breeds[0][0]) if answer.cat and answer.breeds else -1)
+    table = breed_metrics(np.array(picks), np.array([b for _, b in photos]))
+    return {"right": int((np.array(picks) == [b for _, b in photos]).sum()),
+            **{k: v for k, v in table.items() if k != "confusion"}}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", type=Path, nargs="+", help="model folders (a manifest and its files)")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    _, extra, _ = datasets(args.data)
+    for folder in args.folders:
+        print(json.dumps({"models": str(folder), **agreement(folder, extra, args.threads)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
