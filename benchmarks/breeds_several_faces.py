@@ -10,7 +10,6 @@ noisy labels, but no rule has seen them.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import sys
@@ -22,6 +21,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from benchmarks.zoom_sizes import study_args  # noqa: E402
 from service.pipeline import load  # noqa: E402
 from training import data  # noqa: E402
 from training.train_breeds import datasets  # noqa: E402
@@ -36,11 +36,7 @@ RULE = ("Set before the run. The idea came from a validation miss the model card
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--models", type=Path, default=REPO / "models")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = study_args()
     catface = load(args.models, args.threads)
     _, extra, _ = datasets(args.data)
     right: dict[str, Counter] = {"whole photo": Counter(), "photo and crops' mean": Counter()}

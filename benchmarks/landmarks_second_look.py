@@ -16,7 +16,6 @@ matched box, as training.evaluate measures validation.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -28,6 +27,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from benchmarks.zoom_sizes import study_args  # noqa: E402
 from service.pipeline import CatFace, Face, load  # noqa: E402
 from training import data  # noqa: E402
 from training.evaluate import match, point_errors  # noqa: E402
@@ -55,11 +55,7 @@ def variants(catface: CatFace, image: Image.Image, box: np.ndarray) -> dict[str,
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--models", type=Path, default=REPO / "models")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = study_args()
     catface = load(args.models, args.threads)
     faces = held_out_faces(args.data / "crawford")
     rows: dict[str, dict[str, list]] = {}
