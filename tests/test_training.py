@@ -40,6 +40,8 @@ def runs(tmp_path_factory):
     for kind in ("detector", "landmarks", "breeds"):
         log = [json.loads(line) for line in (runs / kind / "log.jsonl").read_text().splitlines()]
         assert np.isfinite(log[-1]["loss"])
+        # a run read while it trains shows no validation number unless asked (--watch-validation)
+        assert not [key for row in log for key in row if key.startswith("val")], kind
     return runs
 
 

@@ -42,6 +42,10 @@ def arguments(doc: str | None, out: str, epochs: int) -> argparse.ArgumentParser
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint (a second, shorter cycle)")
     parser.add_argument("--lr-scale", type=float, default=1.0, help="multiply the learning rates")
+    # Off by default: whoever reads a run's log while it trains sees no validation number, so none
+    # can sway a choice that validation is meant to report.
+    parser.add_argument("--watch-validation", action="store_true",
+                        help="also log the validation split's numbers after each epoch (they never pick anything)")
     return parser
 
 

@@ -425,7 +425,7 @@ def main(argv=None):
             face_view[o] = v
     # --extra none: the extra photos stay in the shared cache (same views for every run), out of training
     usable = np.arange(n_train if args.extra == "none" else n_train + n_extra)
-    report = val_report_of(model, c, val_labels)
+    report = val_report_of(model, c, val_labels) if args.watch_validation else None
     if args.select is not None:  # the selection part and its near-duplicates leave training; compared on it
         inner, extra_kept, selection = splits(*labelled, select=args.select)
         training_paths, selection_paths = {p for p, _ in inner + extra_kept}, {p for p, _ in selection}
@@ -459,8 +459,8 @@ def main(argv=None):
         draws = [(catness_items, CATNESS_PER_EPOCH)] + ([(small_items, SMALL_PER_EPOCH)] if small else [])
         fit(model, c["feats"], c["owners"], labels, weights, is_cat, kept, draws, args.epochs, rng, log,
             lr, args.train_from, report, args.mixup)
-        final = {"final": report(), "train_from": args.train_from, "select": args.select, "mixup": args.mixup,
-                 "extra": args.extra, "small_faces": args.small_faces}
+        final = {"final": report() if report else None, "train_from": args.train_from, "select": args.select,
+                 "mixup": args.mixup, "extra": args.extra, "small_faces": args.small_faces}
         (args.out / "report.json").write_text(json.dumps(final, indent=1))
         if args.select is not None:  # kept so product rules can be compared on the fold without training again
             whole, face = selection_probabilities(model, c, [first_view[i] for i in rows],

@@ -99,9 +99,7 @@ def main(argv=None):
     photos = data.crawford(args.data / "crawford")
     train = [(Image.open(p.path).convert("RGB"), p.landmarks[0]) for p in photos if p.split == "train"][: args.limit]
     val = [exact_crop(Image.open(p.path).convert("RGB"), p.landmarks[0])
-           for p in photos if p.split == "val"][: args.limit]
-    val_x = torch.from_numpy(np.stack([v[0] for v in val]))
-    val_y = np.stack([v[1] for v in val])
+           for p in photos if p.split == "val"][: args.limit] if args.watch_validation else []
     boxes = detected_boxes(train, args.models, args.threads) if args.detected_share else [None] * len(train)
     print(f"train: {len(train)} faces ({sum(b is not None for b in boxes)} with a detected box), "
           f"val: {len(val)} faces", flush=True)
@@ -133,10 +131,13 @@ def main(argv=None):
                 losses.append(loss.item())
                 step += 1
             model.eval()
-            with torch.no_grad():
-                pred = torch.cat([model(val_x[i : i + 64]) for i in range(0, len(val_x), 64)]).numpy().reshape(-1, 9, 2)
-            log.write({"epoch": epoch, "loss": float(np.mean(losses)), "val_nme_gt_box": float(nme(pred, val_y).mean()),
-                       "seconds": round(time.time() - t0, 1)})
+            record = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
+            if val:  # --watch-validation: to watch a run, never to pick an epoch or a rule
+                val_x = torch.from_numpy(np.stack([v[0] for v in val]))
+                with torch.no_grad():
+                    pred = torch.cat([model(val_x[i : i + 64]) for i in range(0, len(val_x), 64)]).numpy()
+                record["val_nme_gt_box"] = float(nme(pred.reshape(-1, 9, 2), np.stack([v[1] for v in val])).mean())
+            log.write(record)
             torch.save({"model": model.state_dict(), "epoch": epoch, "input": INPUT, "crop_scale": CROP_SCALE},
                        args.out / "checkpoint.pt")
     return model
