@@ -249,8 +249,13 @@ def test_soup_averages_two_runs_weights_into_one_network_that_loads(tmp_path):
 
     nets = []
     for seed in (0, 1):
-        torch.manual_seed(seed)
+        torch.manual_seed(0)  # one start, then each run moves its own way
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(2, 2))
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for param in net.parameters():
+                param.add_(0.02 * torch.randn_like(param))
+            net[1].running_mean.add_(torch.randn(4))
         net[1].num_batches_tracked += 5 + seed
         nets.append(net)
         torch.save({"model": net.state_dict(), "input": 8}, tmp_path / f"{seed}.pt")
@@ -272,6 +277,11 @@ def test_soup_averages_two_runs_weights_into_one_network_that_loads(tmp_path):
     torch.save({"model": a, "input": 16}, tmp_path / "other.pt")
     with pytest.raises(ValueError):
         soup.main([str(tmp_path / "0.pt"), str(tmp_path / "other.pt"), "--out", str(tmp_path / "bad.pt")])
+    # runs that did not start from the same weights (each its own seeded layers) make no network: refused
+    torch.manual_seed(7)
+    apart = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(2, 2)).state_dict()
+    with pytest.raises(ValueError, match="point apart"):
+        soup.soup([a, apart])
 
 
 def test_breeds_small_view_is_the_face_crop_seen_from_far_away():

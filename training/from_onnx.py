@@ -94,6 +94,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     mirror = MIRROR[args.model] if args.mirror is None else args.mirror
     extra = {}
+    # Layers the file does not hold (the backbone's unused ImageNet head) start alike in every
+    # rebuild, so that rebuilt networks soup (training.soup checks that the runs' weights align).
+    torch.manual_seed(0)
     if args.model == "catface":
         size, model = DETECTOR_INPUT, CatFaceDetector(EfficientNetLite0("lite0"), DETECTOR_INPUT)
     elif args.model == "catlandmarks":
