@@ -100,6 +100,8 @@ def main(argv=None):
     train = [(Image.open(p.path).convert("RGB"), p.landmarks[0]) for p in photos if p.split == "train"][: args.limit]
     val = [exact_crop(Image.open(p.path).convert("RGB"), p.landmarks[0])
            for p in photos if p.split == "val"][: args.limit] if args.watch_validation else []
+    val_x = torch.from_numpy(np.stack([v[0] for v in val])) if val else None
+    val_y = np.stack([v[1] for v in val]) if val else None
     boxes = detected_boxes(train, args.models, args.threads) if args.detected_share else [None] * len(train)
     print(f"train: {len(train)} faces ({sum(b is not None for b in boxes)} with a detected box), "
           f"val: {len(val)} faces", flush=True)
@@ -132,11 +134,10 @@ def main(argv=None):
                 step += 1
             model.eval()
             record = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
-            if val:  # --watch-validation: to watch a run, never to pick an epoch or a rule
-                val_x = torch.from_numpy(np.stack([v[0] for v in val]))
+            if val_x is not None:  # --watch-validation: to watch a run, never to pick an epoch or a rule
                 with torch.no_grad():
                     pred = torch.cat([model(val_x[i : i + 64]) for i in range(0, len(val_x), 64)]).numpy()
-                record["val_nme_gt_box"] = float(nme(pred.reshape(-1, 9, 2), np.stack([v[1] for v in val])).mean())
+                record["val_nme_gt_box"] = float(nme(pred.reshape(-1, 9, 2), val_y).mean())
             log.write(record)
             torch.save({"model": model.state_dict(), "epoch": epoch, "input": INPUT, "crop_scale": CROP_SCALE},
                        args.out / "checkpoint.pt")
