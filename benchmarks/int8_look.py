@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.int8_7bit import candidate_folder, run_folders  # noqa: E402
-from benchmarks.zoom_sizes import WITHIN_ONE_PHOTO, study_args  # noqa: E402
+from benchmarks.zoom_sizes import VALIDATION_DETECT_LINES, WITHIN_ONE_PHOTO, study_args  # noqa: E402
 from service.pipeline import load  # noqa: E402
 from training.export import file_facts  # noqa: E402
 from training.quantize import quantize, small_look_rows  # noqa: E402
@@ -42,9 +42,8 @@ def main():
     args = study_args()
     report = {"date": datetime.date.today().isoformat(), "threads": args.threads,
               "rule_set_beforehand": WITHIN_ONE_PHOTO + " Then one validation run (training.evaluate on the "
-              "candidate folder): it ships only if no /detect line there is worse than the served one's (Crawford "
-              "recall and precision, dogs, two boxes on one face, Oxford photos with a face, small faces in square "
-              "and wide frames, the kittens photo), every issue gate that passes still passes, and the tests pass."}
+              "candidate folder): it ships only if no /detect line there is worse than the served one's "
+              + VALIDATION_DETECT_LINES + ", every issue gate that passes still passes, and the tests pass."}
     with tempfile.TemporaryDirectory() as tmp:
         made = {"look": look_int8(args.models, args.data, Path(tmp))}
         report["files"] = made

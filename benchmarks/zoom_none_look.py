@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.zoom_sizes import WITHIN_ONE_PHOTO, run_study, study_args  # noqa: E402
+from benchmarks.zoom_sizes import VALIDATION_DETECT_LINES, WITHIN_ONE_PHOTO, run_study, study_args  # noqa: E402
 from service.pipeline import CatFace, load  # noqa: E402
 
 
@@ -37,9 +37,8 @@ def main():
     args = study_args()
     report = {"date": datetime.date.today().isoformat(), "threads": args.threads,
               "rule_set_beforehand": WITHIN_ONE_PHOTO + " Then one validation run (training.evaluate): it ships only "
-              "if no /detect line there is worse than the served one's by more than one photo or face (Crawford "
-              "recall and precision, dogs, two boxes on one face, Oxford photos with a face, small faces in square "
-              "and wide frames, the kittens photo) and the repository's tests pass."}
+              "if no /detect line there is worse than the served one's by more than one photo or face "
+              + VALIDATION_DETECT_LINES + " and the repository's tests pass."}
     served = load(args.models, args.threads)
     run_study(args, report, [({"none_look": "2x2 tiles"}, "served", served),
                              ({"none_look": "the 640 look"}, "none: the 640 look", NoneLook(served.models))],

@@ -104,6 +104,9 @@ WITHIN_ONE_PHOTO = ("A candidate goes to validation only if every training-photo
                     "square and wide frames, false "
                     "faces on dogs, Oxford photos with a face, no photo with two boxes on one face), and its cost line "
                     "is <= 1.5x.")
+# /detect's validation lines a closer-look or detector-file candidate's validation run is held to.
+VALIDATION_DETECT_LINES = ("(Crawford recall and precision, dogs, two boxes on one face, Oxford photos with a face, "
+                           "small faces in square and wide frames, the kittens photo)")
 
 
 def study_args() -> argparse.Namespace:
