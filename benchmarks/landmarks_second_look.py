@@ -44,8 +44,8 @@ RULE = ("Set before the run. Selection (these faces): a variant goes on only if 
 
 def look(catface: CatFace, image: Image.Image, box: np.ndarray) -> np.ndarray:
     x, matrix = catface.landmark_input(image, Face(np.asarray(box, np.float32), 1.0))
-    (out,) = catface.landmarker.run(x[None])
-    return catface.landmarks_from(out[0], matrix)
+    (out,) = catface.landmarker.run(x)
+    return catface.landmarks_from(out, matrix)
 
 
 def variants(catface: CatFace, image: Image.Image, box: np.ndarray) -> dict[str, np.ndarray]:

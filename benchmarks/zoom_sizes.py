@@ -114,6 +114,8 @@ def study_args() -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data")
     parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     parser.add_argument("--baseline", type=Path, default=None, help="a models folder for issue 12's cost line")
+    parser.add_argument("--plain", type=Path, default=None,
+                        help="landmarks_scales: a models folder whose catlandmarks graph has no mirror inside")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
     return parser.parse_args()

@@ -40,7 +40,7 @@ class Analyzer:
 
     def _face_inputs(self, photo: Photo, faces: list[Face]):
         crops = [self.pipeline.landmark_input(photo.image, face) for face in faces]
-        return (np.stack([c for c, _ in crops]), [m for _, m in crops],
+        return (np.concatenate([c for c, _ in crops]), [m for _, m in crops],
                 self.pipeline.breed_inputs(photo.image, faces))
 
     async def detect(self, photo: Photo, deadline: float | None = None) -> list[Face]:
@@ -52,8 +52,7 @@ class Analyzer:
             (points,), (probabilities, cat) = await _both(
                 self.batchers["catlandmarks"].submit(crops, deadline),
                 self.batchers["catbreeds"].submit(breed_inputs, deadline))
-            for face, out, matrix in zip(faces, points, matrices):
-                face.landmarks = self.pipeline.landmarks_from(out, matrix)
+            self.pipeline.face_landmarks(faces, matrices, points)
             faces = self.pipeline.cat_faces(faces, probabilities, cat[:, 0])
         sx, sy = photo.scale
         return [face.scaled(sx, sy) for face in faces]

@@ -15,6 +15,11 @@ def square_crop_matrix(box, out_size: int, scale: float) -> np.ndarray:
                      [0.0, 0.0, 1.0]])
 
 
+def mirror_matrix(width: int) -> np.ndarray:
+    """3x3 matrix that mirrors an image `width` pixels wide left to right."""
+    return np.array([[-1.0, 0.0, width], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
 def warp(image: Image.Image, matrix: np.ndarray, size: tuple[int, int], fill=(0, 0, 0)) -> Image.Image:
     """Pixels of `image` moved by `matrix` (source -> output) into an image of `size`."""
     inverse = np.linalg.inv(matrix)

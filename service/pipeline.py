@@ -20,6 +20,8 @@ from .detection import around, from_tile, iou, nms, select_faces, small_look_siz
 from .geometry import to_chw
 from .runtime import DEFAULT_MODELS_DIR, SMALL_LOOK, OnnxModel, load_models
 
+ONE_LOOK = {"scale": 1.0, "mirror": False}  # the landmarker's look at a face when its manifest names none
+
 
 def model_row(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """A model input row, kept uint8 until OnnxModel.run makes it float32: the rows of every
@@ -69,7 +71,12 @@ class CatFace:
         # the small-face look: the whole photo at a larger side, in place of the small-face tiles
         self.small_look: OnnxModel | None = models.get(SMALL_LOOK)
         self.detectors = [m for m in (self.detector, self.small_look) if m is not None]  # every detector file
-        self.crop_scale = self.landmarker.entry["inputs"][0]["crop"]["scale"]
+        crop = self.landmarker.entry["inputs"][0]["crop"]
+        self.crop_scale = crop["scale"]
+        # the looks whose points are averaged: (crop size x crop_scale, mirrored); a manifest
+        # without them (catlandmarks 1.0.0's): the one crop
+        self.landmark_looks = tuple((look["scale"], look["mirror"]) for look in crop.get("looks", [ONE_LOOK]))
+        self.mirror_order = self.landmarker.entry.get("mirror_permutation")  # each point's index in a mirror
         self.breed_labels = self.classifier.entry["labels"]
         self.breed_threshold = self.classifier.entry["report_threshold"]
         self.cat_threshold = self.classifier.entry["cat_threshold"]
@@ -186,13 +193,26 @@ class CatFace:
         return rows[keep].reshape(-1, 5)
 
     def landmark_input(self, image: Image.Image, face: Face) -> tuple[np.ndarray, np.ndarray]:
+        """A face's landmarker rows, one per look, and each row's crop matrix (a mirrored look's
+        crop is the mirror image of its square)."""
         size = self.landmarker.input_size
-        matrix = geometry.square_crop_matrix(face.box, size[0], self.crop_scale)
-        return model_row(geometry.warp(image, matrix, (size[1], size[0])), size), matrix
+        matrices = np.stack([(geometry.mirror_matrix(size[1]) if mirror else np.eye(3))
+                             @ geometry.square_crop_matrix(face.box, size[0], self.crop_scale * scale)
+                             for scale, mirror in self.landmark_looks])
+        return np.stack([model_row(geometry.warp(image, m, (size[1], size[0])), size) for m in matrices]), matrices
 
-    def landmarks_from(self, output: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-        crop_points = output.reshape(9, 2) * [self.landmarker.input_size[1], self.landmarker.input_size[0]]
-        return geometry.move_points(crop_points, np.linalg.inv(matrix)).astype(np.float32)
+    def landmarks_from(self, outputs: np.ndarray, matrices: np.ndarray) -> np.ndarray:
+        """A face's 9 points in the photo: the mean of its looks' points (landmark_input's rows;
+        a mirrored look names the cat's left what is its right: its points are put back in order)."""
+        crop_points = outputs.reshape(-1, 9, 2) * [self.landmarker.input_size[1], self.landmarker.input_size[0]]
+        photo_points = [geometry.move_points(p, np.linalg.inv(m))[self.mirror_order if mirror else slice(None)]
+                        for p, m, (_, mirror) in zip(crop_points, matrices, self.landmark_looks)]
+        return np.mean(photo_points, axis=0).astype(np.float32)
+
+    def face_landmarks(self, faces: list[Face], matrices: list[np.ndarray], outputs: np.ndarray) -> None:
+        """Sets each face's landmarks from the landmarker's outputs for all their rows, in order."""
+        for face, matrix, out in zip(faces, matrices, outputs.reshape(len(faces), -1, outputs.shape[-1])):
+            face.landmarks = self.landmarks_from(out, matrix)
 
     def breed_input(self, image: Image.Image, face: Face | None = None) -> np.ndarray:
         if face is None:
@@ -289,9 +309,8 @@ class CatFace:
         pairs = [(im, face) for im, faces in zip(images, found) for face in faces]
         if pairs:
             crops = [self.landmark_input(im, face) for im, face in pairs]
-            (points,) = self.landmarker.run(np.stack([c for c, _ in crops]))
-            for (_, face), (_, matrix), out in zip(pairs, crops, points):
-                face.landmarks = self.landmarks_from(out, matrix)
+            (points,) = self.landmarker.run(np.concatenate([c for c, _ in crops]))
+            self.face_landmarks([face for _, face in pairs], [m for _, m in crops], points)
             if breeds:
                 rows = [self.breed_inputs(im, faces) if faces else None for im, faces in zip(images, found)]
                 probs, cat = self.classifier.run(np.concatenate([r for r in rows if r is not None]))

@@ -71,8 +71,8 @@ def test_tiny_export_is_served_by_the_pipeline(runs, tmp_path):
         assert face.box.shape == (4,) and face.landmarks.shape == (9, 2) and np.isfinite(face.landmarks).all()
     # the landmarker on a crop around the whole photo, whatever the tiny detector found
     crop, matrix = pipeline.landmark_input(image, Face(np.array([0, 0, *image.size], np.float32), 1.0))
-    (points,) = pipeline.landmarker.run(crop[None])
-    assert np.isfinite(pipeline.landmarks_from(points[0], matrix)).all()
+    (points,) = pipeline.landmarker.run(crop)
+    assert np.isfinite(pipeline.landmarks_from(points, matrix)).all()
 
 
 def test_tiny_breeds_export_is_served_by_the_pipeline(runs, tmp_path):

@@ -244,8 +244,8 @@ def landmark_errors(catface: CatFace, cats) -> dict:
             candidates.append(("detected box", detected[j]))
         for kind, face in candidates:
             x, matrix = catface.landmark_input(image, face)
-            (out,) = catface.landmarker.run(x[None])
-            rows[kind].append(point_errors(catface.landmarks_from(out[0], matrix), truth))
+            (out,) = catface.landmarker.run(x)
+            rows[kind].append(point_errors(catface.landmarks_from(out, matrix), truth))
     out = {}
     for kind, r in rows.items():
         per_point = np.stack([e for _, _, e in r]).mean(0)

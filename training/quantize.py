@@ -60,7 +60,7 @@ def calibration_rows(catface: CatFace, data_dir: Path, count: int, names: list[s
             image = Image.open(path).convert("RGB")
             rows["catface"].append(catface.detector_input(image))
             for face in catface.detect([image], breeds=False)[0][:1]:
-                rows["catlandmarks"].append(catface.landmark_input(image, face)[0])
+                rows["catlandmarks"].extend(catface.landmark_input(image, face)[0])
     if "catbreeds" in names:
         train, extra, _ = breed_datasets(data_dir)
         _, dogs = split_sources(data_dir, "train")
