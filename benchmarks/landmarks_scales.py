@@ -12,7 +12,7 @@ Measured on training.select_landmarks' faces (Crawford photos on cleaning.json's
 trained on them, validation does not hold them), from the true box and from the detector's matched
 box, as training.evaluate measures validation.
 
-    python benchmarks/landmarks_scales.py --data ../shared/data --models models
+    python benchmarks/landmarks_scales.py --data ../shared/data --models runs/models-lm100/models
 
 The chosen variant (scales 0.9-1.1) ran three of the served landmark graph per face, and the served
 graph runs each crop twice (with its mirror): 1.77x issue 12's cost line against 1.5x, so it stopped
@@ -25,7 +25,7 @@ place: CatFace.landmarks_from):
   ends mirrored           0.9 mirrored, 1.0, 1.1 mirrored
   middle mirrored         0.9, 1.0 mirrored, 1.1
 
-    python benchmarks/landmarks_scales.py --data ../shared/data --models models --plain runs/lm-plain/models
+    python benchmarks/landmarks_scales.py --data ../shared/data --models runs/models-lm100/models --plain runs/lm-plain/models
 """
 from __future__ import annotations
 

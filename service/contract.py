@@ -61,6 +61,12 @@ ZOOM_CANDIDATES_FROM = ("photo", "small")  # the looks whose half-seen boxes get
 # box, resized to LANDMARK_INPUT x LANDMARK_INPUT.
 LANDMARK_CROP_SCALE = 1.4
 LANDMARK_INPUT = 192
+# The looks at a face whose points are averaged: squares of scale x that side, the middle one
+# mirrored (the service mirrors it and puts the points back in order). Test-time augmentation over
+# the crop's size and the mirror, chosen on faces no run trained on and validation does not hold
+# (benchmarks/landmarks_scales.py): three runs of the net per face, where 1.0.0's graph ran two
+# (the crop and its mirror, inside the graph).
+LANDMARK_LOOKS = ({"scale": 0.9, "mirror": False}, {"scale": 1.0, "mirror": True}, {"scale": 1.1, "mirror": False})
 
 # catbreeds: a face is classified from a square of BREED_CROP_SCALE x the box's longer side
 # (the head and a little of the body around it), beside the whole photo; every view is stretched

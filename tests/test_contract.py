@@ -10,6 +10,7 @@ import pytest
 from service import contract
 from service.pipeline import BREED_CROP_SCALE, CatFace
 from service.runtime import read_manifest
+from training.data import FLIP_PERMUTATION
 
 from .conftest import MODELS, REPO
 
@@ -56,6 +57,8 @@ def test_landmark_entries_carry_the_contract(entry):
     crop = entry["inputs"][0]["crop"]
     assert crop["scale"] == contract.LANDMARK_CROP_SCALE
     assert f"{contract.LANDMARK_CROP_SCALE} x" in crop["rule"]
+    assert crop["looks"] == list(contract.LANDMARK_LOOKS)  # the phone averages the looks the server does
+    assert entry["mirror_permutation"] == FLIP_PERMUTATION
 
 
 @pytest.mark.parametrize("entry", entries("catbreeds"), ids=lambda e: e["format"])
@@ -76,14 +79,20 @@ def test_the_server_reads_the_contract_from_the_manifest():
         contract.SCORE_THRESHOLD, contract.IOU_THRESHOLD, contract.CONTAINMENT_THRESHOLD, contract.MAX_FACES)
     assert catface.zoom["below_px"] == contract.ZOOM_BELOW
     assert catface.crop_scale == contract.LANDMARK_CROP_SCALE
+    assert catface.landmark_looks == tuple((look["scale"], look["mirror"]) for look in contract.LANDMARK_LOOKS)
     assert BREED_CROP_SCALE == contract.BREED_CROP_SCALE
     assert catface.cat_threshold == contract.CAT_THRESHOLD
 
 
 def test_the_readme_swift_code_uses_the_contract_crops():
     readme = (REPO / "README.md").read_text()
-    scales = [float(s) for s in re.findall(r"square\(around: box, scale: ([0-9.]+)\)", readme)]
+    scales = [float(s) for s in re.findall(r"square\(around: box, scale: ([0-9.]+)(?: \* look\.scale)?\)", readme)]
     assert scales == [contract.LANDMARK_CROP_SCALE, contract.BREED_CROP_SCALE]
+    (looks,) = re.findall(r"let looks: .* = \[(.*)\]", readme)
+    assert [{"scale": float(s), "mirror": m == "true"} for s, m in re.findall(r"\(([0-9.]+), (true|false)\)", looks)] \
+        == list(contract.LANDMARK_LOOKS)
+    (permutation,) = re.findall(r"let mirrorPermutation = \[(.*)\]", readme)
+    assert [int(i) for i in permutation.split(",")] == FLIP_PERMUTATION
     described = {float(s) for s in re.findall(r"square of ([0-9.]+) x", readme)}
     assert described == {contract.LANDMARK_CROP_SCALE, contract.BREED_CROP_SCALE}
     assert [float(s) for s in re.findall(r"onePerFace\(.*containment: ([0-9.]+)\)", readme)] == [

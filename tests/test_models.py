@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from service.detection import iou
-from service.pipeline import load
+from service.pipeline import Face, load
 from service.runtime import ModelFileError, entry_files, has_vnni, load_models, new_session
 from training import data
 from training.evaluate import boxes_found, kittens
@@ -101,6 +101,26 @@ def test_a_small_cat_far_away_in_a_big_photo_is_found(catface, name):
     faces = catface.detect([frame])[0]
     assert len(faces) == 1
     assert iou(box * k + [600, 400, 600, 400], faces[0].box[None])[0] > 0.5
+
+
+def test_each_landmark_look_alone_puts_the_points_on_the_cat(catface):
+    """The server averages its landmark looks (the manifest's): each look by itself must land
+    every point near its own place, so a mirrored look's points are put back in order (its left
+    eye is the cat's right) and each crop size maps back to the photo."""
+    image, truth = photo(CATS[0]), ground_truth(CATS[0])
+    face = Face(data.landmark_box(truth, image.width, image.height), 1.0)
+    side = max(face.box[2] - face.box[0], face.box[3] - face.box[1])
+    served = catface.landmark_looks
+    assert any(mirror for _, mirror in served) and len({scale for scale, _ in served}) > 1
+    try:
+        for look in served:
+            catface.landmark_looks = (look,)
+            x, matrices = catface.landmark_input(image, face)
+            (out,) = catface.landmarker.run(x)
+            points = catface.landmarks_from(out, matrices)
+            assert np.linalg.norm(points - truth, axis=1).max() < 0.15 * side, look
+    finally:
+        catface.landmark_looks = served
 
 
 def test_mirrored_photo_gives_mirrored_landmarks(catface):

@@ -24,6 +24,7 @@ from service.contract import (
     DETECTOR_INPUT,
     IOU_THRESHOLD,
     LANDMARK_CROP_SCALE,
+    LANDMARK_LOOKS,
     MAX_FACES,
     SCORE_THRESHOLD,
     ZOOM_BELOW,
@@ -45,15 +46,16 @@ from .nets import AnySizeDetector, CatBreedClassifier, CatFaceDetector, CatLandm
 
 # Per model: a retrained model, or one that answers differently (catface 2.1.0: the small-face look one int8 file
 # at 640 px instead of float tiles), gets a new version (the manifest says which one is shipped).
-VERSIONS = {"catface": "2.1.0", "catlandmarks": "1.0.0", "catbreeds": "2.2.0"}
+VERSIONS = {"catface": "2.1.0", "catlandmarks": "1.1.0", "catbreeds": "2.2.0"}
 # The weights each model's served ONNX file has: int8 where the validation numbers held within
 # issue 17's bounds (model card), float32 where they did not. CoreML files stay float16.
 WEIGHTS = {"catface": "int8", "catlandmarks": "float32", "catbreeds": "float32"}
 # Per model: whether its graph averages each input with its mirror. Not the detector (measured: no
-# help). The landmarker, yes. The classifier, no since 2.2.0: on the selection folds, scored as the
+# help). The landmarker up to 1.0.0; since 1.1.0 the service makes the mirror one of its looks
+# (contract.LANDMARK_LOOKS). The classifier, no since 2.2.0: on the selection folds, scored as the
 # service cuts rows, 2.1.0's recipe got 286 of 304 without it against 283 with it, at half the cost
 # (benchmarks/results/breeds-mirror-2026-12-04.json).
-MIRROR = {"catface": False, "catlandmarks": True, "catbreeds": False}
+MIRROR = {"catface": False, "catlandmarks": False, "catbreeds": False}
 OPSET = 17
 PIXELS = {"name": "image", "layout": "NCHW", "dtype": "float32", "color": "RGB",
           "range": "0..255 (normalisation is inside the graph)"}
@@ -195,10 +197,17 @@ def landmarks_entry(size: int) -> dict:
         "inputs": [{**PIXELS, "shape": ["batch", 3, size, size],
                     "crop": {"scale": LANDMARK_CROP_SCALE,
                              "rule": f"a square of side {LANDMARK_CROP_SCALE} x the longer side of the face box, "
-                                     f"centred on the box, resized to {size}x{size}; outside the photo is black"}}],
+                                     f"centred on the box, resized to {size}x{size}; outside the photo is black",
+                             "looks": list(LANDMARK_LOOKS),
+                             "looks_rule": "the net runs once per look, on the square of the look's scale x the "
+                                           "crop's side (mirrored left to right where mirror is true); the face's "
+                                           "points are the mean of the looks' points in the photo, a mirrored "
+                                           "look's points first put back in order (point i is its point "
+                                           "mirror_permutation[i])"}}],
         "outputs": [{"name": "landmarks", "shape": ["batch", 18],
                      "meaning": "x0, y0, ..., x8, y8 normalised to the crop (0..1), in landmark_names order"}],
         "landmark_names": data.LANDMARK_NAMES,
+        "mirror_permutation": data.FLIP_PERMUTATION,
     }
 
 

@@ -8,7 +8,8 @@ torch.jit.trace and converted by coremltools 9.0 to the legacy NeuralNetwork for
 
   catface.mlmodel       Pipeline: detector (anchor decoding inside) -> NonMaximumSuppression, so
                         Vision returns VNRecognizedObjectObservation labelled "cat".
-  catlandmarks.mlmodel  face crop -> 18 numbers normalised to the crop, mirror-averaged.
+  catlandmarks.mlmodel  face crop -> 18 numbers normalised to the crop (one look: the app averages
+                        the manifest's looks, as the server does).
   catbreeds.mlmodel     classifier: classLabel + classLabelProbs over the 12 breeds.
 
 Inputs are RGB images (0..255; the normalisation is inside the nets). Convolution and dense
@@ -61,19 +62,6 @@ class VisionDetector(nn.Module):
         scores, boxes = self.detector(pixels)
         lo, hi = boxes[0, :, :2], boxes[0, :, 2:]
         return scores[0].unsqueeze(1), torch.cat([(lo + hi) / 2, hi - lo], 1)
-
-
-class BatchedMirrorLandmarker(nn.Module):
-    """The shipped landmarker (flip_average) with the crop and its mirror run as one batch of
-    two, so the converted file holds the backbone once instead of twice (half the size)."""
-
-    def __init__(self, landmarker: CatLandmarker):
-        super().__init__()
-        self.landmarker = landmarker
-
-    def forward(self, pixels):
-        both = self.landmarker.points(torch.cat([pixels, torch.flip(pixels, dims=[3])], 0))
-        return self.landmarker.average_with_mirror(both[:1], both[1:])
 
 
 def convert(module: nn.Module, size: int, outputs: list[str], classifier_labels: list[str] | None = None):
@@ -205,7 +193,7 @@ def export_catface(model: CatFaceDetector, size: int, precision: str):
 
 
 def export_landmarks(model: CatLandmarker, size: int, precision: str):
-    spec = convert(BatchedMirrorLandmarker(model), size, ["landmarks"])
+    spec = convert(model, size, ["landmarks"])  # one look; the app runs the manifest's looks
     spec.description.output[0].type.multiArrayType.shape.extend([1, 18])
     if precision == "float16":
         half_weights(spec)

@@ -88,7 +88,7 @@ def main(argv=None):
     parser.add_argument("--backbone", default="lite2", help="catbreeds' backbone (lite0 for catbreeds 1.x)")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                         help="whether the file averages each input with its mirror (default: as export.MIRROR "
-                             "says today; catbreeds up to 2.1.0 did: --mirror)")
+                             "says today; catbreeds up to 2.1.0 and catlandmarks up to 1.0.0 did: --mirror)")
     parser.add_argument("--onnx", type=Path, default=Path("models/catface.onnx"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)

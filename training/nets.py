@@ -258,7 +258,8 @@ class CatLandmarker(nn.Module):
         coords = (torch.arange(grid).float() + 0.5) / grid
         self.register_buffer("coords", coords, persistent=False)
 
-    # Set at export: average with the mirrored crop's points (a cheap, reliable accuracy gain).
+    # Set at export where export.MIRROR says: average with the mirrored crop's points (catlandmarks
+    # up to 1.0.0; since 1.1.0 the mirror is one of the service's looks, contract.LANDMARK_LOOKS).
     flip_average = False
 
     def forward(self, pixels):
@@ -269,8 +270,7 @@ class CatLandmarker(nn.Module):
 
     @staticmethod
     def average_with_mirror(points, mirrored_points):
-        """Mean of the crop's points and its mirror's points mapped back (left/right swapped).
-        Shared with the Core ML export, which runs both crops as one batch of two."""
+        """Mean of the crop's points and its mirror's points mapped back (left/right swapped)."""
         mirrored = mirrored_points.reshape(-1, 9, 2)[:, FLIP_PERMUTATION]
         mirrored = torch.stack([1.0 - mirrored[..., 0], mirrored[..., 1]], -1).reshape(-1, 18)
         return (points + mirrored) / 2

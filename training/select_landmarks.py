@@ -40,7 +40,8 @@ def held_out_faces(crawford: Path) -> list[data.CatPhoto]:
 
 
 class TorchLandmarker:
-    """A checkpoint behind OnnxModel's interface (run, input_size, entry), as exported (mirror included)."""
+    """A checkpoint behind OnnxModel's interface (run, input_size, entry), as exported (export.MIRROR),
+    seen through the served model's looks (its manifest entry)."""
 
     def __init__(self, path: Path, onnx_model):
         self.model, size = load_checkpoint(CatLandmarker, path)
