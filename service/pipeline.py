@@ -25,8 +25,8 @@ ONE_LOOK = {"scale": 1.0, "mirror": False}  # the landmarker's look at a face wh
 
 def model_row(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """A model input row, kept uint8 until OnnxModel.run makes it float32: the rows of every
-    photo in flight (a photo of 20 faces has 41) wait in the batchers' queues at a quarter of
-    the memory."""
+    photo in flight (a photo of 20 faces has 81: three landmark looks and a breed crop per face,
+    and the photo) wait in the batchers' queues at a quarter of the memory."""
     return to_chw(image, size, np.uint8)
 
 
