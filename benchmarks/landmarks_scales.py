@@ -25,13 +25,13 @@ place: CatFace.landmarks_from):
   ends mirrored           0.9 mirrored, 1.0, 1.1 mirrored
   middle mirrored         0.9, 1.0 mirrored, 1.1
 
-    python benchmarks/landmarks_scales.py --data ../shared/data --models runs/models-lm100/models --plain runs/lm-plain/models
+    python benchmarks/landmarks_scales.py --data ../shared/data --models runs/models-lm100/models \
+        --plain runs/lm-plain/models
 """
 from __future__ import annotations
 
 import datetime
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -40,11 +40,11 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.landmarks_second_look import look  # noqa: E402
+from benchmarks.landmarks_second_look import boxes_of, look, mean_errors  # noqa: E402
 from benchmarks.zoom_sizes import study_args  # noqa: E402
 from service.pipeline import CatFace, load  # noqa: E402
 from training import data  # noqa: E402
-from training.evaluate import match, point_errors  # noqa: E402
+from training.evaluate import point_errors  # noqa: E402
 from training.select_landmarks import held_out_faces  # noqa: E402
 
 # (crop size x the served one, mirrored by the service) per look
@@ -86,23 +86,13 @@ def looks(catface: CatFace, image: Image.Image, box: np.ndarray, variant: tuple[
 def measure(catfaces: dict[str, CatFace], faces: list[data.CatPhoto], variants: dict) -> dict:
     """Each variant's mean errors from the true and the detected box; catfaces: the served models
     (boxes, and the variants of VARIANTS) and, for SECOND_VARIANTS, the graph without the mirror."""
-    served = catfaces["served"]
     rows: dict[str, dict[str, list]] = {}
-    for photo in faces:
-        image = Image.open(photo.path).convert("RGB")
-        truth = photo.landmarks[0]
-        boxes = {"true box": data.landmark_box(truth, math.inf, math.inf)}
-        detected = served.detect([image], breeds=False)[0]
-        j = match([data.landmark_box(truth, image.width, image.height)], [f.box for f in detected])[0]
-        if j is not None:
-            boxes["detected box"] = detected[j].box
+    for image, truth, boxes in boxes_of(catfaces["served"], faces):
         for kind, box in boxes.items():
             for name, (catface, variant) in variants.items():
                 pred = looks(catfaces[catface], image, box, variant)
                 rows.setdefault(name, {}).setdefault(kind, []).append(point_errors(pred, truth)[:2])
-    return {name: {kind: {"faces": len(r), "nme_9pt_interocular": round(float(np.mean([a for a, _ in r])), 6),
-                          "error_5pt_of_box": round(float(np.mean([b for _, b in r])), 6)}
-                   for kind, r in kinds.items()} for name, kinds in rows.items()}
+    return mean_errors(rows)
 
 
 def better_than(table: dict, base: dict, names) -> list[str]:

@@ -54,11 +54,9 @@ def variants(catface: CatFace, image: Image.Image, box: np.ndarray) -> dict[str,
     return {"one look": first, "second look": second, "both looks": (first + second) / 2}
 
 
-def main():
-    args = study_args()
-    catface = load(args.models, args.threads)
-    faces = held_out_faces(args.data / "crawford")
-    rows: dict[str, dict[str, list]] = {}
+def boxes_of(catface: CatFace, faces: list[data.CatPhoto]):
+    """Each held-out face's photo, its true points, and the boxes it is measured from: its true box,
+    and the detector's matched box where it found one (as training.evaluate measures validation)."""
     for photo in faces:
         image = Image.open(photo.path).convert("RGB")
         truth = photo.landmarks[0]
@@ -67,12 +65,26 @@ def main():
         j = match([data.landmark_box(truth, image.width, image.height)], [f.box for f in detected])[0]
         if j is not None:
             boxes["detected box"] = detected[j].box
+        yield image, truth, boxes
+
+
+def mean_errors(rows: dict[str, dict[str, list]]) -> dict:
+    """Per variant and box kind: the faces and the mean 9-point NME and 5-point error of (nme, error) rows."""
+    return {name: {kind: {"faces": len(r), "nme_9pt_interocular": round(float(np.mean([a for a, _ in r])), 6),
+                          "error_5pt_of_box": round(float(np.mean([b for _, b in r])), 6)}
+                   for kind, r in kinds.items()} for name, kinds in rows.items()}
+
+
+def main():
+    args = study_args()
+    catface = load(args.models, args.threads)
+    faces = held_out_faces(args.data / "crawford")
+    rows: dict[str, dict[str, list]] = {}
+    for image, truth, boxes in boxes_of(catface, faces):
         for kind, box in boxes.items():
             for name, pred in variants(catface, image, box).items():
                 rows.setdefault(name, {}).setdefault(kind, []).append(point_errors(pred, truth)[:2])
-    table = {name: {kind: {"faces": len(r), "nme_9pt_interocular": round(float(np.mean([a for a, _ in r])), 6),
-                           "error_5pt_of_box": round(float(np.mean([b for _, b in r])), 6)}
-                    for kind, r in kinds.items()} for name, kinds in rows.items()}
+    table = mean_errors(rows)
     print(json.dumps(table, indent=1))
     base = table["one look"]
     better = [name for name in table if name != "one look" and all(
