@@ -18,7 +18,7 @@ from . import geometry
 from .contract import BREED_CROP_SCALE
 from .detection import around, from_tile, iou, nms, select_faces, small_look_size, tiles, zoom_grid
 from .geometry import to_chw
-from .runtime import DEFAULT_MODELS_DIR, SMALL_LOOK, OnnxModel, load_models
+from .runtime import DEFAULT_MODELS_DIR, SMALL_LOOK, ModelFileError, OnnxModel, load_models
 
 ONE_LOOK = {"scale": 1.0, "mirror": False}  # the landmarker's look at a face when its manifest names none
 
@@ -77,6 +77,8 @@ class CatFace:
         # without them (catlandmarks 1.0.0's): the one crop
         self.landmark_looks = tuple((look["scale"], look["mirror"]) for look in crop.get("looks", [ONE_LOOK]))
         self.mirror_order = self.landmarker.entry.get("mirror_permutation")  # each point's index in a mirror
+        if any(mirror for _, mirror in self.landmark_looks) and sorted(self.mirror_order or ()) != list(range(9)):
+            raise ModelFileError("catlandmarks: a mirrored look needs the entry's mirror_permutation of the 9 points")
         self.breed_labels = self.classifier.entry["labels"]
         self.breed_threshold = self.classifier.entry["report_threshold"]
         self.cat_threshold = self.classifier.entry["cat_threshold"]

@@ -9,7 +9,7 @@ import pytest
 
 from service import contract
 from service.pipeline import BREED_CROP_SCALE, CatFace
-from service.runtime import read_manifest
+from service.runtime import ModelFileError, read_manifest
 from training.data import FLIP_PERMUTATION
 
 from .conftest import MODELS, REPO
@@ -71,9 +71,22 @@ def test_breed_entries_agree_with_the_contract_where_they_carry_the_crop(entry):
         assert entry["cat_threshold"] == contract.CAT_THRESHOLD
 
 
+def served_models() -> dict:
+    return {e["name"]: SimpleNamespace(entry=e, input_size=tuple(e["inputs"][0]["shape"][2:4]))
+            for e in ENTRIES if e["format"] == "onnx"}
+
+
+def test_a_mirrored_landmark_look_without_its_permutation_stops_start_up():
+    """Without it the mirrored look's left eye would be averaged with the other looks' right eye."""
+    by_name = served_models()
+    entry = {k: v for k, v in by_name["catlandmarks"].entry.items() if k != "mirror_permutation"}
+    by_name["catlandmarks"] = SimpleNamespace(entry=entry, input_size=by_name["catlandmarks"].input_size)
+    with pytest.raises(ModelFileError, match="mirror_permutation"):
+        CatFace(by_name)
+
+
 def test_the_server_reads_the_contract_from_the_manifest():
-    by_name = {e["name"]: SimpleNamespace(entry=e, input_size=tuple(e["inputs"][0]["shape"][2:4]))
-               for e in ENTRIES if e["format"] == "onnx"}
+    by_name = served_models()
     catface = CatFace(by_name)
     assert (catface.score_threshold, catface.iou_threshold, catface.containment, catface.max_faces) == (
         contract.SCORE_THRESHOLD, contract.IOU_THRESHOLD, contract.CONTAINMENT_THRESHOLD, contract.MAX_FACES)
