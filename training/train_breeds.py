@@ -78,12 +78,12 @@ def jitter(image: Image.Image, rng) -> Image.Image:
     return ImageEnhance.Color(image).enhance(saturation)
 
 
-def view(image: Image.Image, rng, kind: str, face_box=None) -> np.ndarray:
-    """One training view of a photo as CHW float32 0..255 at INPUT x INPUT."""
+def view(image: Image.Image, rng, kind: str, face_box=None, size: int = INPUT) -> np.ndarray:
+    """One training view of a photo as CHW float32 0..255 at size x size."""
     flip = kind.endswith("flip")
     if kind.startswith("face"):
-        matrix = geometry.square_crop_matrix(face_box, INPUT, BREED_CROP_SCALE)
-        image = geometry.warp(image, matrix, (INPUT, INPUT))
+        matrix = geometry.square_crop_matrix(face_box, size, BREED_CROP_SCALE)
+        image = geometry.warp(image, matrix, (size, size))
     elif kind == "crop":  # random resized crop
         w, h = image.size
         area = rng.uniform(0.35, 1.0) * w * h
@@ -96,9 +96,9 @@ def view(image: Image.Image, rng, kind: str, face_box=None) -> np.ndarray:
         box = np.asarray(face_box if face_box is not None else middle_box(image.size, rng), np.float64)
         scale = min(1.0, rng.uniform(*SMALL_FACE_PX) / max(box[2] - box[0], box[3] - box[1]))
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
-        image = geometry.warp(image, geometry.square_crop_matrix(box * scale, INPUT, BREED_CROP_SCALE), (INPUT, INPUT))
+        image = geometry.warp(image, geometry.square_crop_matrix(box * scale, size, BREED_CROP_SCALE), (size, size))
         flip = rng.random() < 0.5
-    image = image.resize((INPUT, INPUT), Image.BILINEAR)
+    image = image.resize((size, size), Image.BILINEAR)
     if flip:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
     return np.asarray(image, np.float32).transpose(2, 0, 1)
@@ -126,14 +126,14 @@ CATNESS_VIEWS = ["full", "crop"]
 
 
 @torch.no_grad()
-def cache_features(backbone, photos, rng, batch=32):
+def cache_features(backbone, photos, rng, size: int = INPUT, batch=32):
     """Frozen block-TAP features (float16) of every view of every photo, and the photo index
     of each view. `photos`: (path, face box or None, view kinds)."""
     jobs = [(i, k) for i, (_, _, kinds) in enumerate(photos) for k in kinds]
     feats, owners = [], []
     for s in range(0, len(jobs), batch):
         chunk = jobs[s : s + batch]
-        x = np.stack([view(Image.open(photos[i][0]).convert("RGB"), rng, k, photos[i][1]) for i, k in chunk])
+        x = np.stack([view(Image.open(photos[i][0]).convert("RGB"), rng, k, photos[i][1], size) for i, k in chunk])
         (f,) = backbone.features(backbone.normalise(torch.from_numpy(x)), (TAP,))
         feats.append(f.half())
         owners.extend(i for i, _ in chunk)
@@ -327,7 +327,7 @@ def selection_report_of(model, c, full_views, face_views, labels):
     return report
 
 
-def small_faces(model, cache: Path, breed_photos, dogs, rng) -> dict:
+def small_faces(model, cache: Path, breed_photos, dogs, rng, size: int = INPUT) -> dict:
     """--small-faces' own cache beside the main one: one "small" view of every labelled training
     photo where the shipped detector finds a face and of every dog photo. "sources" indexes each
     item's photo: breed photos first (train + extra), then the dogs after them."""
@@ -338,7 +338,7 @@ def small_faces(model, cache: Path, breed_photos, dogs, rng) -> dict:
     sources = [i for i, box in enumerate(boxes) if box is not None] + [len(breed_photos) + j for j in range(len(dogs))]
     paths = [p for p, _ in breed_photos] + list(dogs)
     photos = [(paths[i], boxes[i] if i < len(boxes) else None, ["small"]) for i in sources]
-    feats, owners = cache_features(model.backbone, photos, rng)
+    feats, owners = cache_features(model.backbone, photos, rng, size)
     small = {"feats": feats, "owners": owners, "sources": sources}
     torch.save(small, path)
     return small
@@ -351,6 +351,9 @@ def main(argv=None):
                         help="what the extra photos teach: breeds (their cleaned labels) and the cat output, as "
                              "catbreeds 2.0.0; the cat output only; nothing (they stay in the shared feature cache)")
     parser.add_argument("--backbone", default=BACKBONE, choices=["lite0", "lite2"])
+    parser.add_argument("--input", type=int, default=INPUT,
+                        help="the views' side in pixels (a multiple of 32: static 'same' padding); served: "
+                             "contract.BREED_INPUT")
     parser.add_argument("--train-from", type=int, default=TRAIN_FROM, help="first fine-tuned block (> TAP)")
     parser.add_argument("--mixup", type=float, default=0.0,
                         help="Beta alpha of mixup on the cached features (0: none, as catbreeds 2.0.0)")
@@ -379,7 +382,8 @@ def main(argv=None):
     # it skips the views' random draws, so its later draws (and numbers) differ from a run from
     # scratch.
     sizes = f"{len(train)}-{len(extra)}-{len(val)}-{len(dogs)}"
-    cache = args.out.parent / "breeds-cache" / f"features-{args.backbone}-tap{TAP}-{sizes}.pt"
+    at = "" if args.input == INPUT else f"-{args.input}px"  # (the served size's caches keep their names)
+    cache = args.out.parent / "breeds-cache" / f"features-{args.backbone}-tap{TAP}-{sizes}{at}.pt"
     if cache.exists():
         c = torch.load(cache)
     else:
@@ -389,20 +393,20 @@ def main(argv=None):
         photos = ([(p, box, training_views(box, noisy=i >= len(train)))
                    for i, ((p, _), box) in enumerate(zip(train + extra, train_boxes))]
                   + [(p, None, CATNESS_VIEWS) for p in crawford_cats + dogs])
-        feats, owners = cache_features(model.backbone, photos, rng)
+        feats, owners = cache_features(model.backbone, photos, rng, args.input)
         val_faces = [i for i, box in enumerate(val_boxes) if box is not None]
         c = {"feats": feats, "owners": owners, "val_face_rows": val_faces,
              "kinds": [k for _, _, kinds in photos for k in kinds],
-             "val_full": cache_features(model.backbone, [(p, None, ["full"]) for p, _ in val], rng)[0],
+             "val_full": cache_features(model.backbone, [(p, None, ["full"]) for p, _ in val], rng, args.input)[0],
              "val_face": cache_features(model.backbone, [(val[i][0], val_boxes[i], ["face"]) for i in val_faces],
-                                        rng)[0],
-             "val_dogs": cache_features(model.backbone, [(p, None, ["full"]) for p in val_dogs], rng)[0]}
+                                        rng, args.input)[0],
+             "val_dogs": cache_features(model.backbone, [(p, None, ["full"]) for p in val_dogs], rng, args.input)[0]}
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(c, cache)
         print(f"cached features in {time.time() - t0:.0f}s", flush=True)
 
     n_train, n_extra, n_cats = len(train), len(extra), len(crawford_cats)
-    small = small_faces(model, cache, train + extra, dogs, rng) if args.small_faces else None
+    small = small_faces(model, cache, train + extra, dogs, rng, args.input) if args.small_faces else None
     n_small = len(small["sources"]) if small else 0
     labels = torch.tensor([b for _, b in train + extra] + [-1] * (n_cats + len(dogs) + n_small))
     if args.extra == "cat":  # cat photos without a breed label, as Crawford's are
@@ -467,7 +471,8 @@ def main(argv=None):
                                                   [face_view.get(i) for i in rows])
             np.savez(args.out / "selection_probabilities.npz", whole=whole, face=face, labels=labels[rows].numpy(),
                      paths=np.array([str(train[i][0]) for i in rows]))
-    torch.save({"model": model.state_dict(), "input": INPUT, "backbone": args.backbone}, args.out / "checkpoint.pt")
+    checkpoint = {"model": model.state_dict(), "input": args.input, "backbone": args.backbone}
+    torch.save(checkpoint, args.out / "checkpoint.pt")
     return model
 
 
