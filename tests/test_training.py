@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from service import contract  # noqa: E402
 from service.pipeline import Face, load  # noqa: E402
 
-from .conftest import CATS, DATA, MODELS, photo  # noqa: E402
+from .conftest import CATS, DATA, MODELS, ground_truth, photo  # noqa: E402
 
 
 def test_flip_swaps_left_and_right_landmarks():
@@ -301,6 +301,21 @@ def test_breeds_small_view_is_the_face_crop_seen_from_far_away():
     assert detail[1] < 0.75 * detail[0]
     # a photo without a face (a dog's) gets a box drawn in its middle
     assert view(Image.new("RGB", (400, 300)), np.random.default_rng(0), "small").shape == (3, 256, 256)
+
+
+def test_breeds_views_at_another_input_side_frame_the_same_picture():
+    """train_breeds --input: a view cut at another side is the served view's picture at that side."""
+    from training import data
+    from training.train_breeds import INPUT, view
+
+    image, points = photo(CATS[0]), ground_truth(CATS[0])
+    box = data.landmark_box(points, image.width, image.height)
+    for kind in ("full", "face"):
+        served = view(image, np.random.default_rng(0), kind, box)
+        half = view(image, np.random.default_rng(0), kind, box, size=INPUT // 2)
+        assert half.shape == (3, INPUT // 2, INPUT // 2)
+        shrunk = served.reshape(3, INPUT // 2, 2, INPUT // 2, 2).mean((2, 4))
+        assert np.corrcoef(shrunk.ravel(), half.ravel())[0, 1] > 0.95, kind
 
 
 def test_fold_product_rule_is_the_services_at_the_shipped_weight():
