@@ -17,7 +17,6 @@ only its cat output): a selection set for this classifier (benchmarks/breeds_ext
 """
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.zoom_sizes import study_args  # noqa: E402
+from benchmarks.zoom_sizes import study_args, write_study  # noqa: E402
 from service import geometry  # noqa: E402
 from service.contract import BREED_CROP_SCALE  # noqa: E402
 from service.pipeline import load, model_row  # noqa: E402
@@ -83,10 +82,8 @@ def main():
                 and table[n]["recall_per_breed"]["Bengal"] >= served_bengal]
     chosen = max(eligible, key=lambda n: table[n]["right"]) if eligible else None
     print(json.dumps(table, indent=1))
-    date = datetime.date.today().isoformat()
-    out = REPO / "benchmarks" / "results" / f"breeds-crop-sizes-{date}.json"
-    out.write_text(json.dumps({"date": date, "rule_set_beforehand": RULE, "photos": len(extra), "selection": table,
-                               "eligible": eligible, "chosen": chosen}, indent=1) + "\n")
+    out = write_study("breeds-crop-sizes", {"rule_set_beforehand": RULE, "photos": len(extra), "selection": table,
+                                            "eligible": eligible, "chosen": chosen})
     print(f"eligible: {eligible}; chosen: {chosen}; wrote {out}")
 
 

@@ -30,7 +30,6 @@ place: CatFace.landmarks_from):
 """
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -41,7 +40,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks.landmarks_second_look import boxes_of, look, mean_errors  # noqa: E402
-from benchmarks.zoom_sizes import study_args  # noqa: E402
+from benchmarks.zoom_sizes import study_args, write_study  # noqa: E402
 from service.pipeline import CatFace, load  # noqa: E402
 from training import data  # noqa: E402
 from training.evaluate import point_errors  # noqa: E402
@@ -111,22 +110,21 @@ def main():
     table = measure(catfaces, faces, variants)
     print(json.dumps(table, indent=1))
     base = table["one look"]
-    date = datetime.date.today().isoformat()
     if args.plain:
         check = all(abs(table[SECOND_CHECK][kind][k] - base[kind][k]) <= 1e-4 for kind in base for k in base[kind])
         better = better_than(table, base, [n for n in SECOND_VARIANTS if n != SECOND_CHECK])
         order = sorted(better, key=lambda n: table[n]["detected box"]["error_5pt_of_box"])
-        out = REPO / "benchmarks" / "results" / f"landmarks-scales-plain-{date}.json"
-        record = {"date": date, "rule_set_beforehand": SECOND_RULE, "faces": len(faces), "selection": table,
+        stem = "landmarks-scales-plain"
+        record = {"rule_set_beforehand": SECOND_RULE, "faces": len(faces), "selection": table,
                   "mirror_in_the_service_rebuilds_the_served_answer": check, "better_on_all_four": better,
                   "order": order}
     else:
         better = better_than(table, base, [n for n in table if n != "one look"])
         order = sorted(better, key=lambda n: table[n]["detected box"]["error_5pt_of_box"])[:1]
-        out = REPO / "benchmarks" / "results" / f"landmarks-scales-{date}.json"
-        record = {"date": date, "rule_set_beforehand": RULE, "faces": len(faces), "selection": table,
+        stem = "landmarks-scales"
+        record = {"rule_set_beforehand": RULE, "faces": len(faces), "selection": table,
                   "better_on_all_four": better, "chosen": order[0] if order else None}
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    out = write_study(stem, record)
     print(f"better on all four: {better}; in order: {order}; wrote {out}")
 
 

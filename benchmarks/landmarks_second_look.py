@@ -16,7 +16,6 @@ matched box, as training.evaluate measures validation.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import sys
@@ -27,7 +26,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.zoom_sizes import study_args  # noqa: E402
+from benchmarks.zoom_sizes import study_args, write_study  # noqa: E402
 from service.pipeline import CatFace, Face, load  # noqa: E402
 from training import data  # noqa: E402
 from training.evaluate import match, point_errors  # noqa: E402
@@ -90,10 +89,8 @@ def main():
     better = [name for name in table if name != "one look" and all(
         table[name][kind][k] < base[kind][k] for kind in base for k in ("nme_9pt_interocular", "error_5pt_of_box"))]
     chosen = min(better, key=lambda n: table[n]["detected box"]["error_5pt_of_box"]) if better else None
-    date = datetime.date.today().isoformat()
-    out = REPO / "benchmarks" / "results" / f"landmarks-second-look-{date}.json"
-    out.write_text(json.dumps({"date": date, "rule_set_beforehand": RULE, "faces": len(faces), "selection": table,
-                               "better_on_all_four": better, "chosen": chosen}, indent=1) + "\n")
+    out = write_study("landmarks-second-look", {"rule_set_beforehand": RULE, "faces": len(faces), "selection": table,
+                                                 "better_on_all_four": better, "chosen": chosen})
     print(f"better on all four: {better}; chosen: {chosen}; wrote {out}")
 
 

@@ -109,6 +109,14 @@ VALIDATION_DETECT_LINES = ("(Crawford recall and precision, dogs, two boxes on o
                            "small faces in square and wide frames, the kittens photo)")
 
 
+def write_study(stem: str, record: dict) -> Path:
+    """A study's record as benchmarks/results/<stem>-<today>.json (dated first); its path."""
+    date = datetime.date.today().isoformat()
+    out = Path(__file__).resolve().parent / "results" / f"{stem}-{date}.json"
+    out.write_text(json.dumps({"date": date, **record}, indent=1) + "\n")
+    return out
+
+
 def study_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data")

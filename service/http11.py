@@ -35,7 +35,7 @@ def problem_body(status: int, title: str, slug: str, detail: str) -> bytes:
     return json.dumps({"type": TYPE_PREFIX + slug, "title": title, "status": status, "detail": detail}).encode()
 
 
-LINGER_S = 1.0  # a refused connection stays open this long so that the client reads its 503 before the close
+LINGER_S = 1.0  # a refused connection stays open this long so that the client reads its answer before the close
 
 
 def raw_problem(status: int, reason: str, slug: str, detail: str, headers: bytes = b"") -> bytes:
@@ -55,7 +55,7 @@ class ProblemH11Protocol(H11Protocol):
     waiting: OrderedDict[ProblemH11Protocol, None]
     _head_timer: asyncio.TimerHandle | None = None
     _head_started = False  # bytes of the awaited head have arrived
-    _refused = False  # over max_connections: answered 503, lingering
+    _refused = False  # answered 503 or 408 without reading the request: lingering
 
     @classmethod
     def limited(cls, head_timeout_s: float, max_connections: int, retry_after_s: int,
@@ -102,14 +102,17 @@ class ProblemH11Protocol(H11Protocol):
         self.transport.close()
 
     def _refuse(self) -> None:
-        self._refused = True
         self.refused("too-many-connections")
         self.transport.write(raw_problem(
             503, "Service Unavailable", "too-many-connections",
             f"more than {self.max_connections} connections are open; try again shortly",
             f"retry-after: {self.retry_after_s}\r\n".encode()))
-        # Half-close, and discard what the client sends: a close with its request unread would
-        # reset the connection, and the client could lose the 503 with it.
+        self._linger()
+
+    def _linger(self) -> None:
+        """Half-close, and discard what the client still sends: a close with its request unread
+        would reset the connection, and the client could lose the answer with it."""
+        self._refused = True
         self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
 
@@ -154,4 +157,5 @@ class ProblemH11Protocol(H11Protocol):
             self.transport.write(raw_problem(
                 408, "Request Timeout", "head-timeout",
                 f"the request line and headers must arrive within {self.head_timeout_s:g} s"))
+            return self._linger()  # (a trickling client sends on; a plain close could lose the 408)
         self.transport.close()

@@ -136,6 +136,20 @@ def test_a_head_trickled_in_is_cut_off_with_a_408_problem(server):
     assert _rejections(base, "head-timeout") >= 1  # operators see it in /metrics
 
 
+def test_a_client_still_sending_when_its_head_times_out_reads_the_408(server):
+    """The 408 goes out while the client may still be sending: a plain close with its bytes unread
+    would reset the connection, and the reset can reach the client before it reads the answer."""
+    _, base, _ = server
+    with _connect(base) as s:
+        s.sendall(b"POST /detect HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        deadline = time.monotonic() + HEAD_TIMEOUT_S + 0.5  # on past the 408, within the server's linger
+        while time.monotonic() < deadline:
+            s.sendall(b"a")
+            time.sleep(0.02)
+        data, _ = _read_until_closed(s)
+    assert data.startswith(b"HTTP/1.1 408")
+
+
 def test_the_head_deadline_starts_again_after_each_answer_on_a_connection(server):
     _, base, _ = server
     with _connect(base) as s:
