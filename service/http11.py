@@ -51,8 +51,10 @@ class ProblemH11Protocol(H11Protocol):
     max_connections: int
     retry_after_s: int
     refused: Callable[[str], None]  # counts a refusal by its problem slug (catface_rejections_total)
-    # This server's connections waiting for a request head, longest-waiting first (set by limited()).
+    # This server's connections waiting for a request head, and those lingering after a refusal,
+    # longest first (set by limited()).
     waiting: OrderedDict[ProblemH11Protocol, None]
+    lingering: OrderedDict[ProblemH11Protocol, None]
     _head_timer: asyncio.TimerHandle | None = None
     _head_started = False  # bytes of the awaited head have arrived
     _refused = False  # answered 503 or 408 without reading the request: lingering
@@ -63,7 +65,7 @@ class ProblemH11Protocol(H11Protocol):
         """This protocol with the service's limits (uvicorn builds one protocol per connection)."""
         return type(cls.__name__, (cls,), {"head_timeout_s": head_timeout_s, "max_connections": max_connections,
                                            "retry_after_s": retry_after_s, "refused": staticmethod(refused),
-                                           "waiting": OrderedDict()})
+                                           "waiting": OrderedDict(), "lingering": OrderedDict()})
 
     def send_400_response(self, msg: str) -> None:
         body = problem_body(400, "Bad Request", "malformed-http", msg)
@@ -83,7 +85,12 @@ class ProblemH11Protocol(H11Protocol):
             self._await_head()
 
     def _make_room(self) -> bool:
-        """Close the connection that has waited longest for a request head, if there is one."""
+        """Close a connection that only lingers after its refusal (its linger cut short), or else the
+        one that has waited longest for a request head, if there is one."""
+        if self.lingering:
+            oldest, _ = self.lingering.popitem(last=False)
+            oldest.transport.close()
+            return True
         if not self.waiting:
             return False
         oldest, _ = self.waiting.popitem(last=False)
@@ -113,6 +120,7 @@ class ProblemH11Protocol(H11Protocol):
         """Half-close, and discard what the client still sends: a close with its request unread
         would reset the connection, and the client could lose the answer with it."""
         self._refused = True
+        self.lingering[self] = None
         self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
 
@@ -132,6 +140,7 @@ class ProblemH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_awaiting_head()
+        self.lingering.pop(self, None)
         super().connection_lost(exc)
 
     def _await_head(self) -> None:

@@ -199,6 +199,24 @@ def test_past_the_limit_the_connection_longest_without_a_request_gives_way(serve
             h.close()
 
 
+def test_connections_lingering_after_their_408_make_room_for_a_newcomer(server):
+    """A slowloris flood timed out together lingers for a second after its 408s (so each client
+    can read its answer): a new client in that second must still get in, not a 503."""
+    _, base, _ = server
+    held = [_connect(base) for _ in range(MAX_CONNECTIONS)]
+    try:
+        for h in held:
+            h.sendall(b"GET /livez HTTP/1.1\r\nX-Slow: ")  # a head begun, never finished
+        time.sleep(HEAD_TIMEOUT_S + 0.3)  # every one answered 408 and lingering
+        with _connect(base) as s:
+            s.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data, _ = _read_until_closed(s)
+        assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    finally:
+        for h in held:
+            h.close()
+
+
 def test_a_connection_past_the_limit_gets_a_503_problem_when_every_one_has_a_request(server):
     """When every open connection is busy with a request (here: uploading a body), none can make
     room: a new connection is refused at once, readably, and served again when they go."""
