@@ -39,11 +39,12 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.landmarks_second_look import boxes_of, look, mean_errors  # noqa: E402
+from benchmarks.landmarks_second_look import boxes_of, mean_errors  # noqa: E402
 from benchmarks.zoom_sizes import study_args, write_study  # noqa: E402
 from service.pipeline import CatFace, load  # noqa: E402
 from training import data  # noqa: E402
 from training.evaluate import point_errors  # noqa: E402
+from training.pseudo_labels import points_in  # noqa: E402
 from training.select_landmarks import held_out_faces  # noqa: E402
 
 # (crop size x the served one, mirrored by the service) per look
@@ -77,7 +78,7 @@ def looks(catface: CatFace, image: Image.Image, box: np.ndarray, variant: tuple[
     served = catface.landmark_looks
     try:
         catface.landmark_looks = variant
-        return look(catface, image, box)
+        return points_in(catface, image, box)
     finally:
         catface.landmark_looks = served
 

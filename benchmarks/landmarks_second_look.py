@@ -27,9 +27,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks.zoom_sizes import study_args, write_study  # noqa: E402
-from service.pipeline import CatFace, Face, load  # noqa: E402
+from service.pipeline import CatFace, load  # noqa: E402
 from training import data  # noqa: E402
 from training.evaluate import match, point_errors  # noqa: E402
+from training.pseudo_labels import points_in  # noqa: E402
 from training.select_landmarks import held_out_faces  # noqa: E402
 
 RULE = ("Set before the run. Selection (these faces): a variant goes on only if it is better than one look on "
@@ -41,15 +42,9 @@ RULE = ("Set before the run. Selection (these faces): a variant goes on only if 
         "(bench_models.py --baseline, detector + landmarks per photo) stays <= 1.5x.")
 
 
-def look(catface: CatFace, image: Image.Image, box: np.ndarray) -> np.ndarray:
-    x, matrix = catface.landmark_input(image, Face(np.asarray(box, np.float32), 1.0))
-    (out,) = catface.landmarker.run(x)
-    return catface.landmarks_from(out, matrix)
-
-
 def variants(catface: CatFace, image: Image.Image, box: np.ndarray) -> dict[str, np.ndarray]:
-    first = look(catface, image, box)
-    second = look(catface, image, data.landmark_box(first, math.inf, math.inf))
+    first = points_in(catface, image, box)
+    second = points_in(catface, image, data.landmark_box(first, math.inf, math.inf))
     return {"one look": first, "second look": second, "both looks": (first + second) / 2}
 
 

@@ -57,7 +57,6 @@ class ProblemH11Protocol(H11Protocol):
     lingering: OrderedDict[ProblemH11Protocol, None]
     _head_timer: asyncio.TimerHandle | None = None
     _head_started = False  # bytes of the awaited head have arrived
-    _refused = False  # answered 503 or 408 without reading the request: lingering
 
     @classmethod
     def limited(cls, head_timeout_s: float, max_connections: int, retry_after_s: int,
@@ -119,13 +118,12 @@ class ProblemH11Protocol(H11Protocol):
     def _linger(self) -> None:
         """Half-close, and discard what the client still sends: a close with its request unread
         would reset the connection, and the client could lose the answer with it."""
-        self._refused = True
         self.lingering[self] = None
         self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self in self.lingering:  # refused: what it sends is discarded
             return
         super().data_received(data)
         if self.conn.their_state is h11.IDLE:

@@ -20,7 +20,7 @@ from .detection import around, from_tile, iou, nms, select_faces, small_look_siz
 from .geometry import to_chw
 from .runtime import DEFAULT_MODELS_DIR, SMALL_LOOK, ModelFileError, OnnxModel, load_models
 
-ONE_LOOK = {"scale": 1.0, "mirror": False}  # the landmarker's look at a face when its manifest names none
+ONE_LANDMARK_LOOK = {"scale": 1.0, "mirror": False}  # the landmarker's look at a face when its manifest names none
 
 
 def model_row(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -75,7 +75,7 @@ class CatFace:
         self.crop_scale = crop["scale"]
         # the looks whose points are averaged: (crop size x crop_scale, mirrored); a manifest
         # without them (catlandmarks 1.0.0's): the one crop
-        self.landmark_looks = tuple((look["scale"], look["mirror"]) for look in crop.get("looks", [ONE_LOOK]))
+        self.landmark_looks = tuple((look["scale"], look["mirror"]) for look in crop.get("looks", [ONE_LANDMARK_LOOK]))
         self.mirror_order = self.landmarker.entry.get("mirror_permutation")  # each point's index in a mirror
         if any(mirror for _, mirror in self.landmark_looks) and sorted(self.mirror_order or ()) != list(range(9)):
             raise ModelFileError("catlandmarks: a mirrored look needs the entry's mirror_permutation of the 9 points")
@@ -210,6 +210,12 @@ class CatFace:
         photo_points = [geometry.move_points(p, np.linalg.inv(m))[self.mirror_order if mirror else slice(None)]
                         for p, m, (_, mirror) in zip(crop_points, matrices, self.landmark_looks)]
         return np.mean(photo_points, axis=0).astype(np.float32)
+
+    def face_points(self, image: Image.Image, face: Face) -> np.ndarray:
+        """One face's 9 points in the photo, its looks run as one call (detect runs many faces' together)."""
+        rows, matrices = self.landmark_input(image, face)
+        (outputs,) = self.landmarker.run(rows)
+        return self.landmarks_from(outputs, matrices)
 
     def face_landmarks(self, faces: list[Face], matrices: list[np.ndarray], outputs: np.ndarray) -> None:
         """Sets each face's landmarks from the landmarker's outputs for all their rows, in order."""

@@ -70,9 +70,7 @@ def test_tiny_export_is_served_by_the_pipeline(runs, tmp_path):
         assert face.score >= contract.SCORE_THRESHOLD
         assert face.box.shape == (4,) and face.landmarks.shape == (9, 2) and np.isfinite(face.landmarks).all()
     # the landmarker on a crop around the whole photo, whatever the tiny detector found
-    crop, matrix = pipeline.landmark_input(image, Face(np.array([0, 0, *image.size], np.float32), 1.0))
-    (points,) = pipeline.landmarker.run(crop)
-    assert np.isfinite(pipeline.landmarks_from(points, matrix)).all()
+    assert np.isfinite(pipeline.face_points(image, Face(np.array([0, 0, *image.size], np.float32), 1.0))).all()
 
 
 def test_tiny_breeds_export_is_served_by_the_pipeline(runs, tmp_path):

@@ -243,9 +243,7 @@ def landmark_errors(catface: CatFace, cats) -> dict:
         if j is not None:
             candidates.append(("detected box", detected[j]))
         for kind, face in candidates:
-            x, matrix = catface.landmark_input(image, face)
-            (out,) = catface.landmarker.run(x)
-            rows[kind].append(point_errors(catface.landmarks_from(out, matrix), truth))
+            rows[kind].append(point_errors(catface.face_points(image, face), truth))
     out = {}
     for kind, r in rows.items():
         per_point = np.stack([e for _, _, e in r]).mean(0)

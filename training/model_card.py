@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from service.contract import BREED_CROP_SCALE, DETECTOR_TRAIN_INPUT
+from service.pipeline import ONE_LANDMARK_LOOK
 
 from . import data
 
@@ -394,7 +395,7 @@ def write_card(results: dict, models_dir: Path) -> None:
         lines.append(f"| {kind} | {row['faces']} | {row['nme_9pt_interocular']:.4f} "
                      f"| {100 * row['error_5pt_of_box']:.2f}% |")
     per = lm["true box"]["per_point_nme"]
-    looks = onnx_entry(manifest, "catlandmarks")["inputs"][0]["crop"].get("looks", [{"scale": 1.0, "mirror": False}])
+    looks = onnx_entry(manifest, "catlandmarks")["inputs"][0]["crop"].get("looks", [ONE_LANDMARK_LOOK])
     lines += [
         "",
         "'true box' crops around the labelled landmark box (the model alone); 'detected box' crops around",

@@ -66,9 +66,7 @@ def detector_boxes(catface: CatFace, image: Image.Image) -> tuple[np.ndarray, np
 
 
 def points_in(catface: CatFace, image: Image.Image, box: np.ndarray) -> np.ndarray:
-    x, matrix = catface.landmark_input(image, Face(np.asarray(box, np.float32), 1.0))
-    (out,) = catface.landmarker.run(x)
-    return catface.landmarks_from(out, matrix)
+    return catface.face_points(image, Face(np.asarray(box, np.float32), 1.0))
 
 
 def plausible(points: np.ndarray) -> bool:
