@@ -425,6 +425,8 @@ def write_card(results: dict, models_dir: Path) -> None:
     cn = results["catness"]
     rule = br["product rule"]["recall_per_breed"]
     weakest = min(rule, key=rule.get)
+    weakest_row = br["product rule"]["confusion"][list(rule).index(weakest)]  # rows in data.BREEDS order, as rule
+    weakest_right, weakest_photos = weakest_row[list(rule).index(weakest)], sum(weakest_row)
     lines += [
         "",
         f"'face crop' = a square of {BREED_CROP_SCALE:g} x the best detected face box (head and a little body), or the "
@@ -484,7 +486,8 @@ def write_card(results: dict, models_dir: Path) -> None:
         "  points each, and misses 3 of the 16 Bengals: Bengal_171 (a plain-looking cat, see above), Bengal_105",
         "  (two Bengals on an exercise wheel, faces turned away: no face found, an unsure Birman 0.23) and",
         "  Bengal_175 (two spotted cats, so the whole photo alone: Egyptian Mau 0.43 against Bengal 0.42).",
-        f"- Weakest breed on validation: {weakest} (recall {rule[weakest]:.2f}); see the confusion matrix.",
+        f"- Weakest breed on validation: {weakest} (recall {rule[weakest]:.2f}, {weakest_right} of {weakest_photos} "
+        f"photos: one photo is {100 / weakest_photos:.0f} points of its recall); see the confusion matrix.",
         "- No rule or threshold was chosen on this validation split: the product rule is the one the previous",
         "  classifier shipped with, the cat threshold is even odds set beforehand, training ran a fixed number",
         "  of epochs, and the recipe was chosen on the selection folds of the training photos (above). Validation",
