@@ -9,6 +9,12 @@ validation does not hold; from the true box and the served detector's box, as la
 measures them), each file's time per row, and, with --baseline, issue 12's cost line.
 
     python benchmarks/int8_landmarks.py --data ../shared/data --baseline runs/models-v1/models
+
+The first candidate (MinMax calibration, every block int8) cut the cost line from 1.45x to 1.23x but
+lost 4x the 5-point margin (int8-landmarks-2026-12-04.json). The second try (SECOND_RULE), written
+after it: percentile calibration, and the stride-16 blocks kept float.
+
+    python benchmarks/int8_landmarks.py --data ../shared/data --baseline runs/models-v1/models --second
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from onnxruntime.quantization import CalibrationMethod
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_models import against_baseline, bench_photos, median_ms  # noqa: E402
@@ -45,6 +52,20 @@ RULE = (
     "every /detect and breeds line is unchanged, and the tests pass.")
 
 
+# The second try (written 2026-12-04 23:27, after the first candidate failed its margins by 4x, before any
+# run of these): two ways to keep more precision, each a common remedy for int8 regression error.
+SECOND = {"int8 percentile": {"calibrate_method": CalibrationMethod.Percentile},  # activations' ranges, 99.999%
+          "int8, blocks 8-10 float": {"float_blocks": (8, 9, 10)}}  # the stride-16 blocks the head reads last
+SECOND_RULE = (
+    "Set before the run (2026-12-04 23:27), a second try disclosed as such: written after the first candidate "
+    "(MinMax calibration, every backbone block int8) failed its error margins (5-point +0.0008). Candidates: the "
+    "same with percentile calibration (onnxruntime's CalibrationMethod.Percentile), and MinMax with blocks 8-10 "
+    "(stride 16) kept float. Each goes on only under the first rule's selection step (the same margins against "
+    "the served float file, and a cost drop of at least 0.05x in the same run); of those that pass, the one with "
+    "the lower detected-box 5-point error gets the first rule's one validation run and ship conditions. No third "
+    "candidate will be looked at on these faces.")
+
+
 def row_ms(catface, repeats: int) -> dict:
     """The landmarker's time per row: one face's looks as one call, and eight faces' looks."""
     h, w = catface.landmarker.input_size
@@ -56,14 +77,19 @@ def row_ms(catface, repeats: int) -> dict:
 
 def main():
     args = study_args()
-    report = {"date": datetime.date.today().isoformat(), "threads": args.threads, "rule_set_beforehand": RULE}
+    candidates = SECOND if args.second else {"int8": {}}
+    report = {"date": datetime.date.today().isoformat(), "threads": args.threads,
+              "rule_set_beforehand": SECOND_RULE if args.second else RULE}
     with tempfile.TemporaryDirectory() as tmp:
-        int8 = Path(tmp) / "models"
-        shutil.copytree(args.models, int8)
-        quantize_into(int8, ["catlandmarks"], args.data)
-        catfaces = {"served": load(args.models, args.threads), "int8": load(int8, args.threads)}
-        entry = catfaces["int8"].landmarker.entry
-        report["int8_file"] = {k: entry[k] for k in ("file", "bytes", "sha256") if k in entry}
+        catfaces = {"served": load(args.models, args.threads)}
+        report["int8_files"] = {}
+        for i, (name, options) in enumerate(candidates.items()):
+            folder = Path(tmp) / str(i)
+            shutil.copytree(args.models, folder)
+            quantize_into(folder, ["catlandmarks"], args.data, **options)
+            catfaces[name] = load(folder, args.threads)
+            entry = catfaces[name].landmarker.entry
+            report["int8_files"][name] = {k: entry[k] for k in ("file", "bytes", "sha256")}
         faces = held_out_faces(args.data / "crawford")
         looks = catfaces["served"].landmark_looks
         table = measure(catfaces, faces, {name: (name, looks) for name in catfaces})
@@ -74,16 +100,22 @@ def main():
         if args.baseline:
             baseline, photos = load(args.baseline, args.threads), bench_photos(args.data)
             report["cost"] = {name: against_baseline(c, baseline, photos, args.repeats) for name, c in catfaces.items()}
-    worse = {f"{kind} {k}": round(table["int8"][kind][k] - table["served"][kind][k], 6)
+    report["candidates"] = {name: verdict(report, table, name) for name in candidates}
+    passed = [n for n, v in report["candidates"].items() if v["goes_on"]]
+    report["goes_on_to_validation"] = min(passed, key=lambda n: table[n]["detected box"]["error_5pt_of_box"],
+                                          default=None)
+    out = write_study("int8-landmarks-second" if args.second else "int8-landmarks", report)
+    print(f"{report['candidates']}; goes on to validation: {report['goes_on_to_validation']}; wrote {out}")
+
+
+def verdict(report: dict, table: dict, name: str) -> dict:
+    """A candidate against the served float file: its four numbers' differences and the rule's checks."""
+    worse = {f"{kind} {k}": round(table[name][kind][k] - table["served"][kind][k], 6)
              for kind in table["served"] for k in MARGINS}
-    report["int8_minus_float"] = worse
     checks = {"errors within the margins": all(d <= MARGINS[key.rsplit(" ", 1)[1]] for key, d in worse.items())}
     if "cost" in report:
-        checks["cost gain"] = report["cost"]["served"]["ratio"] - report["cost"]["int8"]["ratio"] >= COST_GAIN
-    report["checks"] = checks
-    report["goes_on_to_validation"] = all(checks.values()) and "cost" in report
-    out = write_study("int8-landmarks", report)
-    print(f"{checks}; goes on to validation: {report['goes_on_to_validation']}; wrote {out}")
+        checks["cost gain"] = report["cost"]["served"]["ratio"] - report["cost"][name]["ratio"] >= COST_GAIN
+    return {"minus_float": worse, "checks": checks, "goes_on": all(checks.values()) and "cost" in report}
 
 
 if __name__ == "__main__":

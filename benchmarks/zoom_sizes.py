@@ -124,6 +124,7 @@ def study_args() -> argparse.Namespace:
     parser.add_argument("--baseline", type=Path, default=None, help="a models folder for issue 12's cost line")
     parser.add_argument("--plain", type=Path, default=None,
                         help="landmarks_scales: a models folder whose catlandmarks graph has no mirror inside")
+    parser.add_argument("--second", action="store_true", help="int8_landmarks: the second try's candidates")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
     return parser.parse_args()

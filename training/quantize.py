@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
@@ -81,15 +81,21 @@ def outside_backbone(model: Path) -> list[str]:
 
 
 def quantize(source: Path, target: Path, rows: list[np.ndarray], backbone_only: bool,
-             reduce_range: bool = False) -> None:
+             reduce_range: bool = False, calibrate_method: CalibrationMethod = CalibrationMethod.MinMax,
+             float_blocks: tuple[int, ...] = ()) -> None:
     """reduce_range: 7-bit weights, which the u8 x s8 kernels of AVX2-only CPUs sum without
-    saturating (measured, not shipped: they lost faces; benchmarks/int8_7bit.py)."""
+    saturating (measured, not shipped: they lost faces; benchmarks/int8_7bit.py). calibrate_method
+    and float_blocks (backbone blocks kept float too): measured for catlandmarks, not shipped
+    (benchmarks/int8_landmarks.py)."""
     with tempfile.TemporaryDirectory() as work:
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # ONNX shape inference suffices
+        excluded = outside_backbone(prepared) if backbone_only else []
+        excluded += [n.name for n in onnx.load(str(prepared)).graph.node
+                     if any(f"/_blocks.{b}/" in n.name for b in float_blocks)]
         quantize_static(str(prepared), str(target), Rows(rows), quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=reduce_range, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        nodes_to_exclude=outside_backbone(prepared) if backbone_only else [])
+                        nodes_to_exclude=excluded, calibrate_method=calibrate_method)
 
 
 def float_source(models: Path, entry: dict) -> Path:
@@ -103,10 +109,11 @@ def small_look_rows(catface: CatFace, data_dir: Path, count: int) -> list[np.nda
     return [catface.small_look_row(Image.open(p).convert("RGB"))[0] for p in detector_photos(data_dir, count)]
 
 
-def quantize_into(models: Path, names: list[str], data_dir: Path, photos: int = 96, backbone_only: bool = True):
+def quantize_into(models: Path, names: list[str], data_dir: Path, photos: int = 96, backbone_only: bool = True,
+                  **options):
     """Writes <name>.int8.onnx beside each float file in `models` and points the manifest's ONNX
     entry of that model at it; for catface, its small-face look's file too (the entry's
-    postprocess.zoom.small_look), calibrated at the look's own rows."""
+    postprocess.zoom.small_look), calibrated at the look's own rows. options: quantize's."""
     catface = load(models)
     rows = calibration_rows(catface, data_dir, photos, names)
     manifest = json.loads((models / "manifest.json").read_text())
@@ -116,7 +123,7 @@ def quantize_into(models: Path, names: list[str], data_dir: Path, photos: int = 
             calibration = rows[name] if file is entry else small_look_rows(catface, data_dir, photos)
             source = float_source(models, file)
             target = models / f"{source.stem}.int8.onnx"
-            quantize(source, target, calibration, backbone_only)
+            quantize(source, target, calibration, backbone_only, **options)
             file.update(file_facts(target), weights="int8", float_reference=file_facts(source))
             print(f"{target}: {target.stat().st_size / 1e6:.2f} MB from {len(calibration)} calibration rows "
                   f"({source.stat().st_size / 1e6:.2f} MB float)", flush=True)
