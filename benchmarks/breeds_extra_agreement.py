@@ -6,6 +6,11 @@ recipe without the validation split. The labels are noisy (an owner's sense of a
 Oxford's), so only differences between models mean something, not the level.
 
     python benchmarks/breeds_extra_agreement.py --data ../shared/data models runs/models-candidate
+
+--ensemble also scores the mean of the folders' product-rule probabilities (every classifier on the
+rows cut around the first folder's faces; a diagnostic: several networks cannot ship, issue 13's
+Core ML file must stay under 12 MB). It asks whether the runs' disagreement is where the errors
+are: an ensemble far ahead of its members would make distilling it worth a run.
 """
 from __future__ import annotations
 
@@ -37,15 +42,33 @@ def agreement(models: Path, photos: list[tuple[Path, int]], threads: int) -> dic
             **{k: v for k, v in table.items() if k != "confusion"}}
 
 
+def ensemble_agreement(folders: list[Path], photos: list[tuple[Path, int]], threads: int) -> dict:
+    """The product rule's photo probabilities of each folder's classifier, averaged, against the labels."""
+    catfaces = [load(folder, threads) for folder in folders]
+    mean = []
+    for path, _ in photos:
+        image = Image.open(path).convert("RGB")
+        (faces,) = catfaces[0].faces([image], zoom=False)
+        rows = catfaces[0].breed_inputs(image, faces)
+        mean.append(np.mean([c.photo_probabilities(c.classifier.run(rows)[0]) for c in catfaces], axis=0))
+    picks, labels = np.argmax(mean, axis=1), np.array([b for _, b in photos])
+    table = breed_metrics(picks, labels)
+    return {"right": int((picks == labels).sum()), **{k: v for k, v in table.items() if k != "confusion"}}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", type=Path, nargs="+", help="model folders (a manifest and its files)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ensemble", action="store_true", help="also the mean of the folders' probabilities")
     args = parser.parse_args()
     _, extra, _ = datasets(args.data)
     for folder in args.folders:
         print(json.dumps({"models": str(folder), **agreement(folder, extra, args.threads)}), flush=True)
+    if args.ensemble:
+        print(json.dumps({"ensemble": [str(f) for f in args.folders],
+                          **ensemble_agreement(args.folders, extra, args.threads)}), flush=True)
 
 
 if __name__ == "__main__":
