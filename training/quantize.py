@@ -74,10 +74,13 @@ def calibration_rows(catface: CatFace, data_dir: Path, count: int, names: list[s
     return rows
 
 
-def outside_backbone(model: Path) -> list[str]:
-    """Nodes that stay float: everything but the backbone's MBConv blocks (the stem that sees the
-    pixels, and the small heads that make the outputs: most of the error, little of the cost)."""
-    return [n.name for n in onnx.load(str(model)).graph.node if "/_blocks." not in n.name]
+def kept_float(model: Path, backbone_only: bool, float_blocks: tuple[int, ...]) -> list[str]:
+    """Nodes that stay float: with backbone_only, everything but the backbone's MBConv blocks (the
+    stem that sees the pixels, and the small heads that make the outputs: most of the error, little
+    of the cost); and the nodes of float_blocks."""
+    blocks = tuple(f"/_blocks.{b}/" for b in float_blocks)
+    return [n.name for n in onnx.load(str(model)).graph.node
+            if (backbone_only and "/_blocks." not in n.name) or any(b in n.name for b in blocks)]
 
 
 def quantize(source: Path, target: Path, rows: list[np.ndarray], backbone_only: bool,
@@ -90,12 +93,10 @@ def quantize(source: Path, target: Path, rows: list[np.ndarray], backbone_only: 
     with tempfile.TemporaryDirectory() as work:
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # ONNX shape inference suffices
-        excluded = outside_backbone(prepared) if backbone_only else []
-        excluded += [n.name for n in onnx.load(str(prepared)).graph.node
-                     if any(f"/_blocks.{b}/" in n.name for b in float_blocks)]
         quantize_static(str(prepared), str(target), Rows(rows), quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=reduce_range, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        nodes_to_exclude=excluded, calibrate_method=calibrate_method)
+                        nodes_to_exclude=kept_float(prepared, backbone_only, float_blocks),
+                        calibrate_method=calibrate_method)
 
 
 def float_source(models: Path, entry: dict) -> Path:
