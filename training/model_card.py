@@ -425,8 +425,8 @@ def write_card(results: dict, models_dir: Path) -> None:
     cn = results["catness"]
     rule = br["product rule"]["recall_per_breed"]
     weakest = min(rule, key=rule.get)
-    weakest_row = br["product rule"]["confusion"][list(rule).index(weakest)]  # rows in data.BREEDS order, as rule
-    weakest_right, weakest_photos = weakest_row[list(rule).index(weakest)], sum(weakest_row)
+    w = list(rule).index(weakest)  # the confusion's rows and columns are in data.BREEDS order, as rule
+    weakest_right, weakest_photos = br["product rule"]["confusion"][w][w], sum(br["product rule"]["confusion"][w])
     lines += [
         "",
         f"'face crop' = a square of {BREED_CROP_SCALE:g} x the best detected face box (head and a little body), or the "
