@@ -26,11 +26,11 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from benchmarks.breeds_extra_agreement import scored  # noqa: E402
 from benchmarks.zoom_sizes import study_args, write_study  # noqa: E402
 from service import geometry  # noqa: E402
 from service.contract import BREED_CROP_SCALE  # noqa: E402
 from service.pipeline import load, model_row  # noqa: E402
-from training.metrics import breed_metrics  # noqa: E402
 from training.train_breeds import datasets  # noqa: E402
 
 VARIANTS = {"served": (1.0,), "sizes 0.8-1.25": (0.8, 1.0, 1.25), "sizes 0.9-1.1": (0.9, 1.0, 1.1)}
@@ -70,11 +70,7 @@ def main():
             p = (np.mean([crops[s] for s in sizes], axis=0) + probabilities[-1]) / 2 if crops else probabilities[-1]
             picks[name].append(int(np.argmax(p)))
     labels = np.array([b for _, b in extra])
-    table = {}
-    for name, p in picks.items():
-        metrics = breed_metrics(np.array(p), labels)
-        table[name] = {"right": int((np.array(p) == labels).sum()),
-                       **{k: v for k, v in metrics.items() if k != "confusion"}}
+    table = {name: scored(np.array(p), extra) for name, p in picks.items()}
     served_right = table["served"]["right"]
     served_bengal = table["served"]["recall_per_breed"]["Bengal"]
     assert served_right == sum(1 for p, b in zip(picks["served"], labels) if p == b)

@@ -37,9 +37,14 @@ def agreement(models: Path, photos: list[tuple[Path, int]], threads: int) -> dic
     for path, _ in photos:
         (answer,) = catface.classify([Image.open(path).convert("RGB")])
         picks.append(catface.breed_labels.index(answer.breeds[0][0]) if answer.cat and answer.breeds else -1)
-    table = breed_metrics(np.array(picks), np.array([b for _, b in photos]))
-    return {"right": int((np.array(picks) == [b for _, b in photos]).sum()),
-            **{k: v for k, v in table.items() if k != "confusion"}}
+    return scored(np.array(picks), photos)
+
+
+def scored(picks: np.ndarray, photos: list[tuple[Path, int]]) -> dict:
+    """Picked breed indices (-1: no answer) against the photos' labels: right, and breed_metrics."""
+    labels = np.array([b for _, b in photos])
+    table = breed_metrics(picks, labels)
+    return {"right": int((picks == labels).sum()), **{k: v for k, v in table.items() if k != "confusion"}}
 
 
 def ensemble_agreement(folders: list[Path], photos: list[tuple[Path, int]], threads: int) -> dict:
@@ -51,9 +56,7 @@ def ensemble_agreement(folders: list[Path], photos: list[tuple[Path, int]], thre
         (faces,) = catfaces[0].faces([image], zoom=False)
         rows = catfaces[0].breed_inputs(image, faces)
         mean.append(np.mean([c.photo_probabilities(c.classifier.run(rows)[0]) for c in catfaces], axis=0))
-    picks, labels = np.argmax(mean, axis=1), np.array([b for _, b in photos])
-    table = breed_metrics(picks, labels)
-    return {"right": int((picks == labels).sum()), **{k: v for k, v in table.items() if k != "confusion"}}
+    return scored(np.argmax(mean, axis=1), photos)
 
 
 def main():
